@@ -1,0 +1,62 @@
+"""PostgreSQL backend that carries the tenant scope into row-level security settings.
+
+Before any statement runs, the connection's `app.*` settings are made to match
+agentapi.db.scope.current_scope(). Inside a transaction they are set transaction-local
+(`set_config(..., true)`), so nothing outlives the transaction even behind a pooler; in autocommit
+they are set for the session and re-checked before the next statement. Anything that can undo a
+setting (commit, rollback, rollback to a savepoint, a change of autocommit, a new connection)
+forgets what was applied, so the next statement sets it again. The cost is one small statement per
+transaction and per change of scope.
+"""
+
+from django.db.backends.postgresql import base
+
+from agentapi.db.scope import current_scope
+
+_SET_SCOPE_SQL = "SELECT " + ", ".join("set_config(%s, %s, %s)" for _ in range(4))
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._applied_scope = None
+        self.execute_wrappers.append(self._apply_scope)
+
+    def _apply_scope(self, execute, sql, params, many, context):
+        scope = current_scope()
+        if scope != self._applied_scope:
+            local = not self.get_autocommit()
+            args = []
+            for name, value in scope.as_settings():
+                args += [name, value, local]
+            context["cursor"].cursor.execute(_SET_SCOPE_SQL, args)
+            self._applied_scope = scope
+        return execute(sql, params, many, context)
+
+    def _forget_scope(self):
+        self._applied_scope = None
+
+    def connect(self):
+        self._forget_scope()
+        return super().connect()
+
+    def _commit(self):
+        self._forget_scope()
+        return super()._commit()
+
+    def _rollback(self):
+        self._forget_scope()
+        return super()._rollback()
+
+    def _savepoint_rollback(self, sid):
+        result = super()._savepoint_rollback(sid)
+        self._forget_scope()
+        return result
+
+    def _set_autocommit(self, autocommit):
+        self._forget_scope()
+        return super()._set_autocommit(autocommit)
+
+    def _close(self):
+        self._forget_scope()
+        return super()._close()

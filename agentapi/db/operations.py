@@ -1,0 +1,121 @@
+"""Migration operations for PostgreSQL's second wall: row-level security and append-only tables.
+
+They do nothing on other databases (the embedded SQLite profile has neither roles nor policies).
+"""
+
+from django.db.migrations.operations.base import Operation
+
+# A row is visible when its organization is in scope, or during an explicit, audited crossing.
+TENANT_CONDITION = (
+    "organization_id = ANY (string_to_array(current_setting('app.organization_ids', true), ',')::bigint[])"
+    " OR current_setting('app.all_organizations', true) = 'on'"
+)
+
+
+class _PostgresOnly(Operation):
+    reduces_to_sql = True
+    reversible = True
+
+    def state_forwards(self, app_label, state):
+        pass
+
+    def _table(self, app_label, state):
+        return state.apps.get_model(app_label, self.model_name)._meta.db_table
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            for statement in self.forwards_sql(self._table(app_label, to_state)):
+                schema_editor.execute(statement, params=None)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            for statement in self.backwards_sql(self._table(app_label, from_state)):
+                schema_editor.execute(statement, params=None)
+
+
+class EnableRowLevelSecurity(_PostgresOnly):
+    """Enable and force row-level security on a tenant table, keyed on its organization.
+
+    `extra` adds OR-ed conditions for the few lookups that legitimately precede knowing the
+    organization (an API key found by its hash, a user's own memberships).
+    """
+
+    def __init__(self, model_name, extra=""):
+        self.model_name = model_name
+        self.extra = extra
+
+    def deconstruct(self):
+        kwargs = {"model_name": self.model_name}
+        if self.extra:
+            kwargs["extra"] = self.extra
+        return self.__class__.__name__, [], kwargs
+
+    def describe(self):
+        return f"Enable row-level security on {self.model_name}"
+
+    def forwards_sql(self, table):
+        condition = TENANT_CONDITION + (f" OR {self.extra}" if self.extra else "")
+        return [
+            f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY',
+            f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY',
+            f'DROP POLICY IF EXISTS tenant_isolation ON "{table}"',
+            f'CREATE POLICY tenant_isolation ON "{table}" USING ({condition}) WITH CHECK ({condition})',
+        ]
+
+    def backwards_sql(self, table):
+        return [
+            f'DROP POLICY IF EXISTS tenant_isolation ON "{table}"',
+            f'ALTER TABLE "{table}" NO FORCE ROW LEVEL SECURITY',
+            f'ALTER TABLE "{table}" DISABLE ROW LEVEL SECURITY',
+        ]
+
+
+REFUSE_CHANGE_FUNCTION = """
+CREATE OR REPLACE FUNCTION agentapi_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Only the tables' owner, inside an explicit maintenance transaction, may remove rows.
+    IF TG_OP IN ('DELETE', 'TRUNCATE')
+       AND current_setting('app.privileged_maintenance', true) = 'on'
+       AND current_user = (SELECT tableowner FROM pg_tables
+                           WHERE schemaname = TG_TABLE_SCHEMA AND tablename = TG_TABLE_NAME) THEN
+        IF TG_LEVEL = 'ROW' THEN RETURN OLD; END IF;
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION '% on % is refused: the table is append-only', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$
+"""
+
+
+class MakeAppendOnly(_PostgresOnly):
+    """Refuse UPDATE, DELETE and TRUNCATE on a table, whatever the grants say.
+
+    The application role is also denied those privileges (agentapi's migrate command); this trigger
+    holds even for a role that was granted them by mistake. The owner may delete (never update)
+    inside a transaction that sets app.privileged_maintenance, which is how retention purges run.
+    """
+
+    def __init__(self, model_name):
+        self.model_name = model_name
+
+    def deconstruct(self):
+        return self.__class__.__name__, [], {"model_name": self.model_name}
+
+    def describe(self):
+        return f"Make {self.model_name} append-only"
+
+    def forwards_sql(self, table):
+        return [
+            REFUSE_CHANGE_FUNCTION,
+            f'CREATE TRIGGER append_only_rows BEFORE UPDATE OR DELETE ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION agentapi_refuse_change()",
+            f'CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON "{table}" '
+            "FOR EACH STATEMENT EXECUTE FUNCTION agentapi_refuse_change()",
+        ]
+
+    def backwards_sql(self, table):
+        return [
+            f'DROP TRIGGER IF EXISTS append_only_rows ON "{table}"',
+            f'DROP TRIGGER IF EXISTS append_only_truncate ON "{table}"',
+        ]

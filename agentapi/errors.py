@@ -1,0 +1,107 @@
+"""One error shape for every 4xx under /api/: {"error": {"code", "message", "details"}}.
+
+DRF's own errors (validation, authentication, not found, throttling...) are translated here;
+Django-level errors under /api/ (unknown URL, CSRF, bad host, a crash) by the handlers below.
+Codes are stable: clients may branch on them.
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+_CODES = {
+    exceptions.ParseError: "malformed_request",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "invalid",
+}
+
+
+class APIError(exceptions.APIException):
+    """A domain error with its own stable code: raise APIError("conflict", "...", status=409)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400, details=None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status
+        self.error_code = code
+        self.details = details or {}
+
+
+def error_body(code: str, message: str, details=None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _describe(exc: exceptions.APIException) -> tuple[str, str, dict]:
+    if isinstance(exc, APIError):
+        return exc.error_code, str(exc.detail), exc.details
+    code = getattr(exc, "error_code", None) or next(
+        (value for cls, value in _CODES.items() if isinstance(exc, cls)), exc.default_code
+    )
+    if isinstance(exc, exceptions.ValidationError):
+        details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        return code, "The request is not valid.", details
+    return code, str(exc.detail), {}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # not a client error: Django's 500 handler answers (and logs) it
+    code, message, details = _describe(exc)
+    response.data = error_body(code, message, details)
+    return response
+
+
+def _json_error(status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse(error_body(code, message), status=status_code)
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    return _json_error(status.HTTP_400_BAD_REQUEST, "bad_request", "The request could not be understood.")
+
+
+def permission_denied(request, exception=None):
+    return _json_error(status.HTTP_403_FORBIDDEN, "permission_denied", "You may not do this.")
+
+
+def not_found(request, exception=None):
+    if not _is_api(request):
+        from django.views.defaults import page_not_found
+
+        return page_not_found(request, exception)
+    return _json_error(status.HTTP_404_NOT_FOUND, "not_found", "Not found.")
+
+
+def server_error(request):
+    if not _is_api(request):
+        from django.views.defaults import server_error as django_server_error
+
+        return django_server_error(request)
+    return _json_error(500, "internal_error", "Something went wrong on our side; it has been logged.")
+
+
+def csrf_failure(request, reason=""):
+    if not _is_api(request):
+        from django.views.csrf import csrf_failure as django_csrf_failure
+
+        return django_csrf_failure(request, reason)
+    return _json_error(status.HTTP_403_FORBIDDEN, "csrf_failed", "CSRF verification failed.")

@@ -1,0 +1,58 @@
+"""Liveness and readiness probes.
+
+Readiness checks the database, Redis (when configured) and the Celery broker, each with a short
+timeout. A check listed in READINESS_REQUIRED that fails makes the answer 503; any other failing
+check makes it 200 with status "degraded", so a Redis outage need not take every web process out
+of the load balancer when the operator says the platform can run without it.
+"""
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.http import JsonResponse
+
+
+def live(request):
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _check_redis():
+    if not settings.REDIS_URL:
+        return "not configured"
+    client = cache._cache.get_client(write=True)  # the cache's own pooled client
+    client.ping()
+
+
+def _check_broker():
+    from agentapi.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=1)
+
+
+CHECKS = {"database": _check_database, "redis": _check_redis, "broker": _check_broker}
+
+
+def ready(request):
+    results, failed = {}, []
+    for name, check in CHECKS.items():
+        started = time.perf_counter()
+        try:
+            note = check()
+        except Exception as exc:  # a probe reports every failure, whatever its kind
+            results[name] = {"ok": False, "error": type(exc).__name__}
+            failed.append(name)
+            continue
+        results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        if note:
+            results[name]["note"] = note
+    required_failed = [name for name in failed if name in settings.READINESS_REQUIRED]
+    status = "unavailable" if required_failed else ("degraded" if failed else "ok")
+    return JsonResponse({"status": status, "checks": results}, status=503 if required_failed else 200)

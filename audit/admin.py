@@ -1,0 +1,44 @@
+from django.contrib import admin
+
+from audit.models import AuditEvent
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the log is append-only, here as in the database."""
+
+    list_display = [
+        "occurred_at",
+        "organization",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "outcome",
+        "request_id",
+    ]
+    list_filter = ["outcome", "actor_type", "organization", ("occurred_at", admin.DateFieldListFilter)]
+    search_fields = ["action", "actor_label", "target_id", "request_id"]
+    date_hierarchy = "occurred_at"
+    list_select_related = ["organization"]
+    show_full_result_count = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_module_permission(self, request):
+        from tenants import scoping
+
+        return request.user.is_superuser or bool(scoping.current().organization_ids)
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

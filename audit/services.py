@@ -1,0 +1,104 @@
+"""Recording audit events, in the same transaction as the change they describe."""
+
+import json
+import re
+
+from django.db import transaction
+from django.utils import timezone
+
+from agentapi import context as request_context
+from agentapi.db.scope import DatabaseScope, use_scope
+from audit import chain
+from audit.models import ActorType, AuditEvent, Outcome
+from tenants import scoping
+
+# Keys whose values never enter the log, whatever their nesting.
+_SECRET_KEY = re.compile(
+    r"(pass(word)?|secret|token|api[_-]?key|^key$|authorization|cookie|credential|private|bearer|signature)",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+_MAX_DETAILS_BYTES = 8192
+
+
+def scrub(value):
+    """Details as plain JSON with every secret-looking key's value replaced."""
+    if isinstance(value, dict):
+        return {str(key): (REDACTED if _SECRET_KEY.search(str(key)) else scrub(item)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _details(details: dict | None) -> dict:
+    cleaned = json.loads(json.dumps(scrub(details or {}), default=str))
+    if len(json.dumps(cleaned)) > _MAX_DETAILS_BYTES:
+        return {"truncated": True, "keys": sorted(cleaned)[:50]}
+    return cleaned
+
+
+def _actor_fields(actor: scoping.Actor) -> dict:
+    return {
+        "actor_type": actor.kind if actor.kind in ActorType.values else ActorType.SYSTEM,
+        "actor_user_id": actor.user_id,
+        "actor_label": actor.label[:254],
+        "actor_api_key_id": actor.api_key_id,
+        "actor_api_key_prefix": actor.api_key_prefix,
+    }
+
+
+def _request_fields() -> dict:
+    current = request_context.current()
+    if current is None:
+        return {"ip": "", "user_agent": "", "request_id": ""}
+    return {"ip": current.ip or "", "user_agent": current.user_agent, "request_id": current.request_id}
+
+
+def _target(target) -> tuple[str, str]:
+    if target is None:
+        return "", ""
+    if isinstance(target, tuple):
+        return str(target[0])[:100], str(target[1])[:64]
+    return target._meta.label_lower, str(target.pk)
+
+
+@transaction.atomic
+def audit_record(
+    action: str,
+    *,
+    target=None,
+    outcome: str = Outcome.SUCCESS,
+    details: dict | None = None,
+    organization_id: int | None = None,
+    actor: scoping.Actor | None = None,
+) -> AuditEvent:
+    """Append an event to its organization's chain (the one in scope unless given).
+
+    Joins the caller's transaction: when the change it records rolls back, so does the event.
+    """
+    state = scoping.current()
+    if organization_id is None and state.organization is not None:
+        organization_id = state.organization.pk
+    target_type, target_id = _target(target)
+    event = AuditEvent(
+        organization_id=organization_id,
+        occurred_at=timezone.now(),
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        outcome=outcome,
+        details=_details(details),
+        **_actor_fields(actor or state.actor),
+        **_request_fields(),
+    )
+    # The audit writer is the one component that appends to chains of any organization (a failed
+    # sign-in names no organization in scope). It sets the database scope to the event's own
+    # organization, or to the platform chain, and nothing else.
+    if organization_id is None:
+        db_scope = DatabaseScope(all_organizations=True)
+    else:
+        db_scope = DatabaseScope(organization_ids=(organization_id,))
+    with scoping.dangerously_all_organizations(reason="audit write", record=False), use_scope(db_scope):
+        return chain.append(event)

@@ -1,0 +1,11 @@
+from celery import shared_task
+from django.conf import settings
+
+from audit.retention import audit_events_purge
+
+
+@shared_task
+def audit_events_purge_expired():
+    """The scheduled retention job: does nothing unless AUDIT_RETENTION_DAYS is set."""
+    if settings.AUDIT_RETENTION_DAYS > 0:
+        audit_events_purge(older_than_days=settings.AUDIT_RETENTION_DAYS)

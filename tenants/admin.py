@@ -1,0 +1,221 @@
+"""The admin for operators (every organization) and organization staff (their organizations only).
+
+Which rows a staff user sees is decided by the scope set in tenants.middleware, not here: the
+querysets below come from each model's scoped manager, and row-level security backs them up.
+"""
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.template.response import TemplateResponse
+
+from tenants import scoping, services
+from tenants.models import APIKey, Membership, Organization, User
+
+
+class TenantScopedAdmin(admin.ModelAdmin):
+    """Operators may do anything; staff who manage an organization may manage its rows."""
+
+    def _may_manage(self, request) -> bool:
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and (request.user.is_superuser or bool(scoping.current().organization_ids))
+        )
+
+    def has_module_permission(self, request):
+        return self._may_manage(request)
+
+    def has_view_permission(self, request, obj=None):
+        return self._may_manage(request)
+
+    def has_change_permission(self, request, obj=None):
+        return self._may_manage(request)
+
+    def has_add_permission(self, request):
+        return self._may_manage(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._may_manage(request)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "organization" and not request.user.is_superuser:
+            kwargs["queryset"] = Organization.objects.filter(pk__in=scoping.current().organization_ids)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "name", "is_active", "is_staff", "is_superuser", "last_login", "date_joined"]
+    list_filter = ["is_active", "is_staff", "is_superuser"]
+    search_fields = ["email", "name"]
+    fieldsets = [
+        (None, {"fields": ["email", "password"]}),
+        ("Profile", {"fields": ["name"]}),
+        ("Access", {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]}),
+        ("Dates", {"fields": ["last_login", "date_joined"]}),
+    ]
+    add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+    readonly_fields = ["last_login", "date_joined"]
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    has_view_permission = has_change_permission = has_delete_permission = lambda self, request, obj=None: (
+        request.user.is_superuser
+    )
+
+    def has_add_permission(self, request):
+        return request.user.is_superuser
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+    readonly_fields = ["created_at"]
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(pk__in=scoping.current().organization_ids)
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser or bool(scoping.current().organization_ids)
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    has_add_permission = lambda self, request: request.user.is_superuser  # noqa: E731
+    has_delete_permission = lambda self, request, obj=None: False  # noqa: E731  (deactivate instead)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        with scoping.organization_scope(obj, actor=scoping.Actor("user", request.user.pk, request.user.email)):
+            services.record_change(
+                "tenants.organization.update" if change else "tenants.organization.create",
+                target=obj,
+                details={"changed": sorted(form.changed_data), "via": "admin"},
+            )
+
+
+@admin.register(Membership)
+class MembershipAdmin(TenantScopedAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role", "organization"]
+    search_fields = ["user__email", "organization__slug"]
+    list_select_related = ["user", "organization"]
+    autocomplete_fields = ["user"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        with scoping.organization_scope(obj.organization):
+            services.record_change(
+                "tenants.membership.update" if change else "tenants.membership.create",
+                target=obj,
+                details={"role": obj.role, "user_id": obj.user_id, "via": "admin"},
+            )
+
+    def delete_model(self, request, obj):
+        with scoping.organization_scope(obj.organization):
+            services.record_change("tenants.membership.delete", target=obj, details={"via": "admin"})
+        super().delete_model(request, obj)
+
+
+class APIKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = APIKey
+        fields = ["membership", "name", "expires_at"]
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(TenantScopedAdmin):
+    list_display = [
+        "prefix",
+        "name",
+        "membership",
+        "organization",
+        "status",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+    ]
+    list_filter = ["organization", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "name", "membership__user__email"]
+    list_select_related = ["membership__user", "organization"]
+    readonly_fields = ["prefix", "organization", "created_at", "created_by", "revoked_at", "last_used_at"]
+    fields = [
+        "name",
+        "membership",
+        "prefix",
+        "organization",
+        "expires_at",
+        "created_at",
+        "created_by",
+        "revoked_at",
+        "last_used_at",
+    ]
+    actions = ["revoke"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = APIKeyAddForm
+            kwargs["fields"] = ["membership", "name", "expires_at"]
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    def get_fields(self, request, obj=None):
+        return self.fields if obj else ["membership", "name", "expires_at"]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "membership":
+            kwargs["queryset"] = Membership.objects.select_related("user", "organization")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        with scoping.organization_scope(
+            obj.membership.organization, actor=scoping.Actor("user", request.user.pk, request.user.email)
+        ):
+            api_key, key = services.api_key_create(
+                membership=obj.membership, name=obj.name, expires_at=obj.expires_at, created_by=request.user
+            )
+        obj.pk = api_key.pk
+        obj._new_key = key
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # The key is rendered into this one response and kept nowhere: not in a message, a cookie
+        # or the session, where it would outlive the page.
+        context = {
+            **self.admin_site.each_context(request),
+            "api_key": obj,
+            "key": obj._new_key,
+            "opts": self.model._meta,
+            "title": "API key created",
+        }
+        return TemplateResponse(request, "admin/tenants/apikey/created.html", context)
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request, queryset):
+        for api_key in queryset.select_related("organization"):
+            with scoping.organization_scope(api_key.organization):
+                services.api_key_revoke(api_key=api_key)
+        self.message_user(request, f"Revoked {queryset.count()} key(s).")

@@ -1,0 +1,128 @@
+from django.utils import timezone
+from rest_framework import serializers
+
+from tenants.models import DEFAULT_LIMITS, APIKey, Membership, Organization, Role, User
+
+
+class UserSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = User
+        fields = ["id", "email", "name"]
+
+
+class OrganizationSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Organization
+        fields = ["id", "slug", "name"]
+
+
+class MeSerializer(serializers.Serializer):
+    user = UserSerializer()
+    organization = OrganizationSummarySerializer()
+    role = serializers.ChoiceField(choices=Role.choices)
+    authentication = serializers.ChoiceField(choices=["api_key", "jwt", "session"])
+    api_key_prefix = serializers.CharField(allow_null=True)
+    is_operator = serializers.BooleanField()
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    user = UserSerializer(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "role", "created_at"]
+
+
+class MembershipCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    name = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class MembershipUpdateSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class ScopedMembershipField(serializers.PrimaryKeyRelatedField):
+    """A member of the caller's organization; another organization's id is "does not exist"."""
+
+    def get_queryset(self):
+        return Membership.objects.select_related("user", "organization")
+
+    def to_internal_value(self, data):
+        from tenants import security
+
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            if isinstance(data, int) and not isinstance(data, bool):
+                security.report("lookup_denied", model=Membership._meta.label, pk=data)
+            raise
+
+
+class APIKeySerializer(serializers.ModelSerializer):
+    member = serializers.IntegerField(source="membership_id", read_only=True)
+    user = UserSerializer(source="membership.user", read_only=True)
+    status = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = APIKey
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "member",
+            "user",
+            "status",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+        ]
+
+
+class APIKeyCreatedSerializer(APIKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself. Shown once, never again.")
+
+    class Meta(APIKeySerializer.Meta):
+        fields = APIKeySerializer.Meta.fields + ["key"]
+
+
+class APIKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    member = ScopedMembershipField(
+        required=False, help_text="Membership id of the key's user; the caller when omitted."
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+
+class OrganizationSettingsSerializer(serializers.Serializer):
+    max_members = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    max_api_keys = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(DEFAULT_LIMITS))
+            if unknown:
+                raise serializers.ValidationError({name: "Unknown setting." for name in unknown[:20]})
+        return super().to_internal_value(data)
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    settings = OrganizationSettingsSerializer(required=False)
+
+    class Meta:
+        model = Organization
+        fields = ["id", "slug", "name", "is_active", "settings", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"slug": {"validators": []}}
+
+
+class OrganizationUpdateSerializer(OrganizationSerializer):
+    class Meta(OrganizationSerializer.Meta):
+        read_only_fields = ["id", "slug", "created_at"]

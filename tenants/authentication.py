@@ -1,0 +1,236 @@
+"""API authentication: API keys, JWTs from the configured identity provider, Django sessions.
+
+Each authenticator answers request.user (the User) and request.auth (a Principal: organization,
+membership, actor). The organization itself is put in scope by the API base view, not here.
+Failures are 401 with a stable code and a WWW-Authenticate header (RFC 6750), and are reported to
+tenants.security so that the audit log records them.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import jwt
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from agentapi.db.scope import DatabaseScope, use_scope
+from tenants import scoping, security
+from tenants.jwks import JWKSUnavailable, UnknownSigningKey, jwks_cache
+from tenants.models import API_KEY_PREFIX, APIKey, Membership, Organization, User, hash_api_key
+
+# Credentials belong in the Authorization header; in a URL they end up in logs and Referers.
+QUERY_CREDENTIAL_NAMES = ("access_token", "api_key", "apikey", "key", "token", "jwt", "auth")
+
+
+@dataclass(frozen=True)
+class Principal:
+    organization: Organization
+    membership: Membership
+    method: str  # "api_key", "jwt" or "session"
+    actor: scoping.Actor
+    api_key: APIKey | None = None
+
+    @property
+    def role(self) -> str:
+        return self.membership.role
+
+
+class Unauthenticated(exceptions.AuthenticationFailed):
+    def __init__(self, code: str, message: str, *, credential: str, **facts):
+        super().__init__(message)
+        self.error_code = code
+        security.report("authentication_failed", reason=code, credential=credential, **facts)
+
+
+def _bearer(request) -> str | None:
+    parts = authentication.get_authorization_header(request).split()
+    if not parts or parts[0].lower() != b"bearer":
+        return None
+    if len(parts) != 2:
+        raise Unauthenticated("malformed_credentials", "Malformed Authorization header.", credential="header")
+    try:
+        return parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise Unauthenticated("malformed_credentials", "Malformed credentials.", credential="header") from None
+
+
+def _refuse_query_credentials(request) -> None:
+    if any(name in request.query_params for name in QUERY_CREDENTIAL_NAMES):
+        raise Unauthenticated(
+            "credentials_in_query",
+            "Credentials are accepted only in the Authorization header, never in the URL.",
+            credential="query",
+        )
+
+
+def _principal(membership: Membership, method: str, api_key: APIKey | None = None) -> Principal:
+    user = membership.user
+    if not user.is_active:
+        raise Unauthenticated("user_inactive", "This user is deactivated.", credential=method)
+    organization = membership.organization
+    if not organization.is_active:
+        raise Unauthenticated(
+            "organization_inactive",
+            "This organization is deactivated.",
+            credential=method,
+            organization_id=organization.pk,
+        )
+    actor = scoping.Actor(
+        kind="api_key" if api_key else "user",
+        user_id=user.pk,
+        label=user.email,
+        api_key_id=api_key.pk if api_key else None,
+        api_key_prefix=api_key.prefix if api_key else "",
+    )
+    return Principal(organization, membership, method, actor, api_key)
+
+
+def api_key_authenticate(key: str) -> Principal:
+    """Find the key by its hash in one query and check it is usable. Raises Unauthenticated."""
+    hashed = hash_api_key(key)
+    # The one lookup that precedes knowing the organization: the base manager skips the tenant
+    # filter, and the row-level security policy admits exactly the row whose hash we hold.
+    with use_scope(DatabaseScope(api_key_hash=hashed)):
+        api_key = (
+            APIKey._base_manager.select_related("membership__user", "organization").filter(hashed_key=hashed).first()
+        )
+        if api_key is None:
+            raise Unauthenticated("invalid_api_key", "Invalid API key.", credential="api_key")
+        facts = {"credential": "api_key", "organization_id": api_key.organization_id, "prefix": api_key.prefix}
+        if api_key.revoked_at:
+            raise Unauthenticated("api_key_revoked", "This API key has been revoked.", **facts)
+        now = timezone.now()
+        if api_key.is_expired(now):
+            raise Unauthenticated("api_key_expired", "This API key has expired.", **facts)
+        membership = api_key.membership
+        membership.organization = api_key.organization
+        principal = _principal(membership, "api_key", api_key)
+        _touch(api_key, now)
+    return principal
+
+
+def _touch(api_key: APIKey, now) -> None:
+    """Record the key's last use, writing at most once per API_KEY_LAST_USED_INTERVAL_SECONDS."""
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
+    if api_key.last_used_at is None or now - api_key.last_used_at >= interval:
+        APIKey._base_manager.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+
+
+class BearerAuthentication(authentication.BaseAuthentication):
+    www_authenticate_realm = "agentapi"
+
+    def authenticate_header(self, request):
+        return f'Bearer realm="{self.www_authenticate_realm}"'
+
+
+class APIKeyAuthentication(BearerAuthentication):
+    def authenticate(self, request):
+        _refuse_query_credentials(request)
+        token = _bearer(request)
+        if token is None or not token.startswith(API_KEY_PREFIX):
+            return None
+        principal = api_key_authenticate(token)
+        return principal.membership.user, principal
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
+class JWTAuthentication(BearerAuthentication):
+    """JWTs signed by the identity provider at JWT_JWKS_URL, naming a user and an organization."""
+
+    def authenticate(self, request):
+        token = _bearer(request)
+        if token is None or token.startswith(API_KEY_PREFIX):
+            return None
+        if not settings.JWT_JWKS_URL or not _looks_like_jwt(token):
+            raise Unauthenticated("invalid_token", "Invalid bearer token.", credential="jwt")
+        claims = self._verify(token)
+        principal = self._membership_principal(claims)
+        return principal.membership.user, principal
+
+    def _verify(self, token: str) -> dict:
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") not in settings.JWT_ALGORITHMS:
+                raise Unauthenticated("invalid_token", "Token algorithm not accepted.", credential="jwt")
+            key = jwks_cache().signing_key(header.get("kid"))
+            return jwt.decode(
+                token,
+                key=key,
+                algorithms=settings.JWT_ALGORITHMS,
+                audience=settings.JWT_AUDIENCE or None,
+                issuer=settings.JWT_ISSUER or None,
+                leeway=settings.JWT_LEEWAY_SECONDS,
+                options={"require": ["exp"], "verify_aud": bool(settings.JWT_AUDIENCE)},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token_expired", "The token has expired.", credential="jwt") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("invalid_issuer", "The token's issuer is not accepted.", credential="jwt") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated(
+                "invalid_audience", "The token's audience is not accepted.", credential="jwt"
+            ) from None
+        except UnknownSigningKey:
+            raise Unauthenticated(
+                "unknown_signing_key", "The token's signing key is unknown.", credential="jwt"
+            ) from None
+        except JWKSUnavailable:
+            raise Unauthenticated(
+                "jwks_unavailable", "The identity provider's keys are unavailable.", credential="jwt"
+            ) from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid_token", "Invalid token.", credential="jwt") from None
+
+    def _membership_principal(self, claims: dict) -> Principal:
+        email = claims.get(settings.JWT_USER_CLAIM)
+        slug = claims.get(settings.JWT_ORGANIZATION_CLAIM)
+        if not isinstance(email, str) or not isinstance(slug, str):
+            raise Unauthenticated("invalid_claims", "The token lacks its user or organization claim.", credential="jwt")
+        user = User.objects.filter(email=email.lower()).first()
+        membership = None
+        if user is not None:
+            with use_scope(DatabaseScope(user_id=user.pk)):  # a user may read their own memberships
+                membership = (
+                    Membership._base_manager.select_related("organization", "user")
+                    .filter(user=user, organization__slug=slug)
+                    .first()
+                )
+        if membership is None:
+            raise Unauthenticated(
+                "unknown_member", "The token's user is not a member of that organization.", credential="jwt"
+            )
+        return _principal(membership, "jwt")
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """A signed-in user (admin, user pages) acting in the organization chosen in their session."""
+
+    def authenticate(self, request):
+        result = super().authenticate(request)
+        if result is None:
+            return None
+        user = result[0]
+        membership = session_membership(request._request, user)
+        if membership is None:
+            return None
+        return user, _principal(membership, "session")
+
+
+SESSION_ORGANIZATION_KEY = "organization_id"
+
+
+def session_membership(request, user) -> Membership | None:
+    """The membership of the organization chosen in the session, or the user's first one."""
+    chosen = request.session.get(SESSION_ORGANIZATION_KEY)
+    with use_scope(DatabaseScope(user_id=user.pk)):
+        memberships = Membership._base_manager.select_related("organization", "user").filter(user=user)
+        if chosen is not None:
+            membership = memberships.filter(organization_id=chosen).first()
+            if membership is not None:
+                return membership
+        return memberships.order_by("id").first()
