@@ -20,6 +20,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._applied_scope = None
+        self.scope_statements = 0  # how many set_config round trips this connection made (tests, benchmarks)
         self.execute_wrappers.append(self._apply_scope)
 
     def _apply_scope(self, execute, sql, params, many, context):
@@ -31,6 +32,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
                 args += [name, value, local]
             context["cursor"].cursor.execute(_SET_SCOPE_SQL, args)
             self._applied_scope = scope
+            self.scope_statements += 1
         return execute(sql, params, many, context)
 
     def _forget_scope(self):

@@ -1,0 +1,37 @@
+# The two commands: `make run` serves the platform on embedded defaults; `make test` runs the suite
+# against real PostgreSQL and Redis that it starts and stops itself.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+
+.PHONY: run test lint lock bench clean
+
+$(BIN)/.installed: requirements/dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements/dev.txt
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/python scripts/run.py --port $(PORT)
+
+test: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Recompile the pinned lock files from the .in files.
+lock: $(BIN)/.installed
+	cd requirements && ../$(BIN)/pip-compile -q --strip-extras --no-header -o base.txt base.in
+	cd requirements && ../$(BIN)/pip-compile -q --strip-extras --no-header -o production.txt production.in
+	cd requirements && ../$(BIN)/pip-compile -q --strip-extras --no-header -o dev.txt dev.in
+
+bench: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_api.py
+
+clean:
+	rm -rf $(VENV) var staticfiles

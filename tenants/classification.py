@@ -1,0 +1,13 @@
+"""Models that are deliberately not tenant-scoped. Every other model must be a tenant model
+(default manager TenantManager, row-level security forced): tests/tenants/test_isolation.py fails
+for a model that is neither. Adding a name here is a security decision; say why beside it."""
+
+GLOBAL_MODELS = {
+    "tenants.User": "a person may belong to several organizations",
+    "tenants.Organization": "the tenants themselves; operators manage them",
+    "admin.LogEntry": "Django admin's change history, shown per user; operators only",
+    "auth.Permission": "Django's static permission catalogue",
+    "auth.Group": "Django's permission groups, managed by operators",
+    "contenttypes.ContentType": "Django's static model catalogue",
+    "sessions.Session": "signed-in browser sessions, keyed by an unguessable id",
+}

@@ -1,0 +1,130 @@
+"""Shared fixtures. Every test has two organizations: Acme (alice owner, bob member) and Globex
+(charlie owner). "Charlie should have no access to Alice's stuff", and the other way round."""
+
+import json
+
+import pytest
+from django.test import Client
+
+from tenants import scoping, services
+from tenants.models import Membership, User
+
+
+@pytest.fixture(scope="session")
+def django_db_setup():
+    """tests/services.py created and migrated the database (as its owner); tests use it as it is."""
+
+
+class Api:
+    """A JSON client for one credential."""
+
+    def __init__(self, key: str | None = None, **headers):
+        self.client = Client()
+        self.headers = dict(headers)
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+
+    def request(self, method: str, path: str, data=None, **headers):
+        kwargs = {"headers": {**self.headers, **headers}}
+        if data is not None:
+            kwargs["data"] = data if isinstance(data, (str, bytes)) else json.dumps(data)
+            kwargs["content_type"] = "application/json"
+        return getattr(self.client, method.lower())(path, **kwargs)
+
+    def get(self, path, data=None, **headers):
+        return self.client.get(path, data=data, headers={**self.headers, **headers})
+
+    def post(self, path, data=None, **headers):
+        return self.request("post", path, data if data is not None else {}, **headers)
+
+    def patch(self, path, data=None, **headers):
+        return self.request("patch", path, data if data is not None else {}, **headers)
+
+    def put(self, path, data=None, **headers):
+        return self.request("put", path, data if data is not None else {}, **headers)
+
+    def delete(self, path, data=None, **headers):
+        return self.request("delete", path, data, **headers)
+
+
+def make_member(organization, email: str, role: str) -> Membership:
+    with scoping.organization_scope(organization):
+        return services.membership_create(organization=organization, email=email, role=role)
+
+
+def make_key(membership: Membership, name: str = "test", **kwargs) -> str:
+    with scoping.organization_scope(membership.organization):
+        _, key = services.api_key_create(membership=membership, name=name, **kwargs)
+    return key
+
+
+@pytest.fixture
+def acme(db):
+    return services.organization_create(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def globex(db):
+    return services.organization_create(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def alice(acme) -> Membership:
+    return make_member(acme, "alice@acme.test", "owner")
+
+
+@pytest.fixture
+def bob(acme) -> Membership:
+    return make_member(acme, "bob@acme.test", "member")
+
+
+@pytest.fixture
+def charlie(globex) -> Membership:
+    return make_member(globex, "charlie@globex.test", "owner")
+
+
+@pytest.fixture
+def alice_api(alice) -> Api:
+    return Api(make_key(alice))
+
+
+@pytest.fixture
+def bob_api(bob) -> Api:
+    return Api(make_key(bob))
+
+
+@pytest.fixture
+def charlie_api(charlie) -> Api:
+    return Api(make_key(charlie))
+
+
+@pytest.fixture
+def operator(acme) -> Membership:
+    membership = make_member(acme, "operator@platform.test", "member")
+    User.objects.filter(pk=membership.user_id).update(is_superuser=True, is_staff=True)
+    membership.user.refresh_from_db()
+    return membership
+
+
+@pytest.fixture
+def operator_api(operator) -> Api:
+    return Api(make_key(operator))
+
+
+def error_of(response) -> dict:
+    """The error body, checked to have the documented shape."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert isinstance(body["error"]["code"], str) and body["error"]["message"]
+    return body["error"]
+
+
+# Tests whose rows must really commit (another connection reads them). The database is emptied
+# afterwards through the owner's connection (the application role may not TRUNCATE).
+committed = pytest.mark.django_db(transaction=True, databases=["default", "owner"])
+
+
+def streamed(response) -> str:
+    """The whole body of a streaming response (an async iterator under ASGI, read here in full)."""
+    return b"".join(response).decode()

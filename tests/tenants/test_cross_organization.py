@@ -1,0 +1,145 @@
+"""Every API endpoint, every method: another organization's object is 404 and never listed.
+
+The routes are read from the URL configuration, so a new endpoint without an entry here fails
+test_every_api_route_is_covered: add a factory (an object of the given organization) for a route
+that takes an id, a list entry for one that lists, or a reason for one that is neither.
+"""
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from audit.models import AuditEvent
+from tenants import scoping
+from tenants.models import APIKey, Membership
+from tests.conftest import error_of, make_key, make_member, streamed
+
+
+def a_member(organization):
+    return make_member(organization, f"someone@{organization.slug}.test", "member").pk
+
+
+def an_api_key(organization):
+    with scoping.organization_scope(organization):
+        membership = Membership.objects.first()
+    make_key(membership, "target")
+    with scoping.organization_scope(organization):
+        return APIKey.objects.get(name="target").pk
+
+
+def an_audit_event(organization):
+    with scoping.organization_scope(organization):
+        return AuditEvent.objects.order_by("id").first().pk
+
+
+DETAIL_ROUTES = {
+    "member-detail": a_member,
+    "api-key-detail": an_api_key,
+    "audit-event-detail": an_audit_event,
+}
+LIST_ROUTES = {
+    "member-list": "/api/v1/members/",
+    "api-key-list": "/api/v1/api-keys/",
+    "audit-event-list": "/api/v1/audit/events/",
+}
+# Routes without an id: what each answers is the caller's own organization only (tested below).
+ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export"}
+# Platform operators' routes: global by design, refused to everyone else (tested below).
+OPERATOR_ROUTES = {"organization-list", "organization-detail"}
+
+
+def api_route_names(resolver=None, prefix=""):
+    resolver = resolver or get_resolver()
+    for entry in resolver.url_patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            yield from api_route_names(entry, route)
+        elif isinstance(entry, URLPattern) and route.startswith("api/v1/"):
+            yield entry.name
+
+
+def test_every_api_route_is_covered():
+    covered = set(DETAIL_ROUTES) | set(LIST_ROUTES) | ORGANIZATION_ROUTES | OPERATOR_ROUTES
+    missing = sorted(set(api_route_names()) - covered)
+    assert missing == [], f"API routes without cross-organization coverage: {missing}"
+
+
+def detail_path(route: str, pk) -> str:
+    from django.urls import reverse
+
+    return reverse(route, kwargs={"pk": pk})
+
+
+@pytest.mark.parametrize("route", sorted(DETAIL_ROUTES))
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "post"])
+def test_another_organizations_object_is_404_on_every_method(route, method, alice, alice_api, charlie_api, acme):
+    target = DETAIL_ROUTES[route](acme)
+    path = detail_path(route, target)
+    body = {"role": "admin", "name": "x"} if method in ("put", "patch") else None
+    before = alice_api.get(path).json()
+    foreign = getattr(charlie_api, method)(path, body)
+    assert alice_api.get(path).json() == before  # nothing happened to it
+    own = getattr(alice_api, method)(path, body)
+    if own.status_code == 405:
+        assert foreign.status_code == 405  # the method does not exist here, for anyone
+    else:
+        assert foreign.status_code == 404, foreign.content
+        assert error_of(foreign)["code"] == "not_found"
+
+
+def test_a_denied_lookup_is_recorded_for_the_operators(alice, charlie_api, acme, globex):
+    target = an_api_key(acme)
+    charlie_api.get(detail_path("api-key-detail", target))
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        event = AuditEvent.objects.get(action="tenants.cross_organization.deny")
+    assert event.outcome == "denied" and event.organization_id is None
+    assert event.details == {"caller_organization": globex.pk, "target_organization": acme.pk}
+    assert event.actor_label == "charlie@globex.test"
+
+
+def test_a_missing_object_is_the_same_404_as_a_foreign_one(alice, charlie_api, acme):
+    foreign = charlie_api.get(detail_path("member-detail", a_member(acme)))
+    missing = charlie_api.get(detail_path("member-detail", 987654321))
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.json() == missing.json()
+
+
+@pytest.mark.parametrize("route", sorted(LIST_ROUTES))
+def test_lists_never_show_another_organizations_objects(route, alice, alice_api, charlie, charlie_api, acme):
+    make_key(alice)
+    make_member(acme, "zed@acme.test", "admin")
+    alice_api.post("/api/v1/api-keys/", {"name": "more"})
+    ids_acme = {item["id"] for item in alice_api.get(LIST_ROUTES[route]).json()["results"]}
+    ids_globex = {item["id"] for item in charlie_api.get(LIST_ROUTES[route]).json()["results"]}
+    assert ids_acme and ids_globex
+    assert not ids_acme & ids_globex
+
+
+def test_naming_another_organizations_member_in_a_body_is_refused(alice, charlie_api, acme):
+    foreign_member = a_member(acme)
+    response = charlie_api.post("/api/v1/api-keys/", {"name": "sneaky", "member": foreign_member})
+    assert response.status_code == 400
+    assert "member" in error_of(response)["details"]
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        assert not APIKey.objects.filter(name="sneaky").exists()
+        assert AuditEvent.objects.filter(action="tenants.cross_organization.deny").count() == 1
+
+
+def test_me_verify_and_export_answer_for_the_callers_organization_only(alice_api, charlie_api, acme, globex):
+    assert alice_api.get("/api/v1/me/").json()["organization"]["slug"] == "acme"
+    assert charlie_api.get("/api/v1/me/").json()["organization"]["slug"] == "globex"
+    exported = streamed(charlie_api.get("/api/v1/audit/events/export/"))
+    assert "globex" in exported and "acme" not in exported
+    with scoping.organization_scope(globex):
+        own_events = AuditEvent.objects.count()
+    assert charlie_api.get("/api/v1/audit/verify/").json()["checked"] == own_events
+
+
+@pytest.mark.parametrize("method", ["get", "post", "patch"])
+def test_operator_routes_are_refused_to_everyone_else(method, alice_api, globex):
+    for path in ("/api/v1/organizations/", f"/api/v1/organizations/{globex.pk}/"):
+        response = getattr(alice_api, method)(path, {"name": "taken"} if method != "get" else None)
+        assert response.status_code in (403, 405)
+        if response.status_code == 403:
+            assert error_of(response)["code"] == "permission_denied"
+    globex.refresh_from_db()
+    assert globex.name == "Globex"
