@@ -64,6 +64,11 @@ def exception_handler(exc, context):
         return None  # not a client error: Django's 500 handler answers (and logs) it
     code, message, details = _describe(exc)
     response.data = error_body(code, message, details)
+    if response.status_code == 401 and response.has_header("WWW-Authenticate"):
+        # RFC 6750: say why a presented token was refused (not when none was presented).
+        if not isinstance(exc, exceptions.NotAuthenticated):
+            description = message.replace('"', "'")
+            response["WWW-Authenticate"] += f', error="invalid_token", error_description="{description}"'
     return response
 
 

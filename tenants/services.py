@@ -69,6 +69,22 @@ def user_get_or_create(*, email: str, name: str = "", password: str | None = Non
 
 
 @transaction.atomic
+def user_delete(*, user: User) -> None:
+    """Delete a person and, with them, their memberships and keys in every organization.
+
+    Their audit history stays, under the e-mail snapshot it was recorded with. The cascade must see
+    every organization's rows, so this crosses organizations (recorded) on purpose.
+    """
+    with scoping.dangerously_all_organizations(reason=f"delete user {user.pk}"):
+        for membership in Membership.objects.filter(user=user).select_related("organization"):
+            with scoping.organization_scope(membership.organization):
+                _record(
+                    "tenants.membership.delete", target=membership, details={"user_id": user.pk, "user_deleted": True}
+                )
+        user.delete()
+
+
+@transaction.atomic
 def membership_create(*, organization: Organization, email: str, role: str, name: str = "") -> Membership:
     if Membership.objects.count() >= organization.limit("max_members"):
         raise APIError("limit_reached", "This organization has reached its member limit.", status=409)
