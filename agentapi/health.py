@@ -10,10 +10,11 @@ import time
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
 from django.http import JsonResponse
 
 
+@transaction.non_atomic_requests
 def live(request):
     return JsonResponse({"status": "ok"})
 
@@ -40,6 +41,7 @@ def _check_broker():
 CHECKS = {"database": _check_database, "redis": _check_redis, "broker": _check_broker}
 
 
+@transaction.non_atomic_requests
 def ready(request):
     results, failed = {}, []
     for name, check in CHECKS.items():

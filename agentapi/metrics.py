@@ -8,6 +8,7 @@ without it, the process's own registry is served.
 import os
 import time
 
+from django.db import transaction
 from django.http import HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,6 +47,7 @@ class MetricsMiddleware:
         return response
 
 
+@transaction.non_atomic_requests
 def metrics_view(request):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -1,6 +1,14 @@
-"""The request context middleware: request id in, request id out, one context per request."""
+"""The request context middleware: request id in, request id out, one context per request, and
+one JSON access-log line per request that carries the request id, organization and user."""
+
+import logging
+import time
+
+from django.conf import settings
 
 from agentapi import context
+
+access_log = logging.getLogger("agentapi.access")
 
 
 def client_ip(request) -> str | None:
@@ -19,10 +27,21 @@ class RequestContextMiddleware:
             ip=client_ip(request),
             user_agent=request.headers.get("User-Agent", ""),
         )
+        started = time.perf_counter()
         try:
             request.request_id = context.current_request_id()
             response = self.get_response(request)
             response["X-Request-ID"] = request.request_id
+            if settings.ACCESS_LOG:
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
             return response
         finally:
             context.reset(token)

@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db import transaction
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -13,8 +14,13 @@ urlpatterns = [
     path("health/live/", health.live, name="health-live"),
     path("health/ready/", health.ready, name="health-ready"),
     path("metrics", metrics.metrics_view, name="metrics"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The schema and docs are public and read no table: no transaction for them.
+    path("api/schema/", transaction.non_atomic_requests(SpectacularAPIView.as_view()), name="schema"),
+    path(
+        "api/docs/",
+        transaction.non_atomic_requests(SpectacularSwaggerView.as_view(url_name="schema")),
+        name="api-docs",
+    ),
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
 ]

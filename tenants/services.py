@@ -39,10 +39,10 @@ _record = record_change
 
 
 @transaction.atomic
-def organization_create(*, slug: str, name: str, settings: dict | None = None) -> Organization:
+def organization_create(*, slug: str, name: str, settings: dict | None = None, is_active: bool = True) -> Organization:
     if Organization.objects.filter(slug=slug).exists():
         raise APIError("conflict", f"An organization with slug '{slug}' already exists.", status=409)
-    organization = Organization.objects.create(slug=slug, name=name, settings=settings or {})
+    organization = Organization.objects.create(slug=slug, name=name, settings=settings or {}, is_active=is_active)
     with scoping.organization_scope(organization):
         _record("tenants.organization.create", target=organization, details={"slug": slug, "name": name})
     return organization

@@ -52,10 +52,12 @@ def ensure_redis() -> str:
     return shutil.which("redis-server")
 
 
-def as_postgres(argv: list[str]) -> list[str]:
+def as_postgres() -> dict:
+    """Popen arguments that run a PostgreSQL program as `postgres` when we are root (signals then
+    reach the server itself, not a wrapper such as runuser)."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *argv]
-    return argv
+        return {"user": "postgres", "group": "postgres", "extra_groups": []}
+    return {}
 
 
 def wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: float = 30) -> None:
@@ -70,27 +72,8 @@ def wait_for_port(port: int, process: subprocess.Popen, name: str, timeout: floa
 
 
 def psql(bindir: Path, socket_dir: str, port: int, sql: str, database: str = "postgres") -> None:
-    subprocess.run(
-        as_postgres(
-            [
-                str(bindir / "psql"),
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                socket_dir,
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-                "-c",
-                sql,
-            ]
-        ),
-        check=True,
-    )
+    argv = [str(bindir / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", socket_dir, "-p", str(port)]
+    subprocess.run([*argv, "-U", "postgres", "-d", database, "-c", sql], check=True, **as_postgres())
 
 
 def start_postgres(workdir: Path):
@@ -101,49 +84,38 @@ def start_postgres(workdir: Path):
         postgres_user = pwd.getpwnam("postgres")
         os.chown(workdir, postgres_user.pw_uid, postgres_user.pw_gid)
         os.chown(data, postgres_user.pw_uid, postgres_user.pw_gid)
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8"]
     subprocess.run(
-        as_postgres(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--locale=C.UTF-8",
-            ]
-        ),
+        [*initdb, "--auth-local=trust", "--auth-host=scram-sha-256"],
         check=True,
         stdout=subprocess.DEVNULL,
+        cwd=workdir,
+        **as_postgres(),
     )
     port = free_port()
+    # Durability is pointless for a throwaway cluster; these make the suite faster.
+    options = [
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+        "max_connections=200",
+        "listen_addresses=127.0.0.1",
+    ]
     process = subprocess.Popen(
-        as_postgres(
-            [
-                str(bindir / "postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-k",
-                str(workdir),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ]
-        ),
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(workdir),
+            *[arg for option in options for arg in ("-c", option)],
+        ],
         stdout=open(workdir / "postgres.log", "wb"),
         stderr=subprocess.STDOUT,
+        cwd=workdir,
+        **as_postgres(),
     )
     wait_for_port(port, process, "postgres")
     time.sleep(0.3)

@@ -231,6 +231,7 @@ PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 READINESS_REQUIRED = env.list("READINESS_REQUIRED", default=["database", "redis", "broker"])
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

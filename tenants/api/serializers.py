@@ -1,4 +1,6 @@
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tenants.models import DEFAULT_LIMITS, APIKey, Membership, Organization, Role, User
@@ -43,6 +45,7 @@ class MembershipUpdateSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class ScopedMembershipField(serializers.PrimaryKeyRelatedField):
     """A member of the caller's organization; another organization's id is "does not exist"."""
 

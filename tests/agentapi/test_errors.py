@@ -1,0 +1,75 @@
+"""Every 4xx under /api/ has the documented shape, DRF's own errors included."""
+
+import pytest
+
+from tests.conftest import Api, error_of
+
+
+def test_an_unknown_api_path_is_a_json_404(alice_api):
+    response = alice_api.get("/api/v1/nothing-here/")
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+
+
+def test_no_credentials_is_401_with_www_authenticate(db):
+    response = Api().get("/api/v1/me/")
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"] == 'Bearer realm="agentapi"'
+
+
+def test_a_malformed_authorization_header_is_401(db):
+    response = Api().get("/api/v1/me/", Authorization="Bearer two parts")
+    assert response.status_code == 401 and error_of(response)["code"] == "malformed_credentials"
+
+
+def test_malformed_json_is_400(alice_api):
+    response = alice_api.post("/api/v1/members/", "{not json")
+    assert response.status_code == 400 and error_of(response)["code"] == "malformed_request"
+
+
+def test_a_non_json_body_is_415(alice_api):
+    response = alice_api.client.post(
+        "/api/v1/members/", "email=x", content_type="application/x-www-form-urlencoded", headers=alice_api.headers
+    )
+    assert response.status_code == 415 and error_of(response)["code"] == "unsupported_media_type"
+
+
+def test_an_unsupported_method_is_405(alice_api):
+    response = alice_api.put("/api/v1/me/", {})
+    assert response.status_code == 405 and error_of(response)["code"] == "method_not_allowed"
+
+
+def test_validation_errors_name_their_fields(alice_api):
+    error = error_of(alice_api.post("/api/v1/api-keys/", {"name": "", "expires_at": "soon"}))
+    assert error["code"] == "invalid"
+    assert set(error["details"]) == {"name", "expires_at"}
+
+
+def test_a_body_that_is_not_an_object_is_400(alice_api):
+    for body in ("[]", "null", '"text"', "42"):
+        response = alice_api.post("/api/v1/api-keys/", body)
+        assert response.status_code == 400, body
+        error_of(response)
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/audit/events/?action=a%00b", "/api/v1/audit/events/?target_id=a%00b", "/api/v1/members/%00/"]
+)
+def test_nul_bytes_are_refused_not_crashed_on(alice_api, path):
+    response = alice_api.client.get(path, headers=alice_api.headers)
+    assert 400 <= response.status_code < 500
+    error_of(response)
+
+
+def test_session_writes_without_csrf_are_refused_in_the_error_shape(alice):
+    from django.test import Client
+
+    from tenants.models import User
+
+    user = User.objects.get(email="alice@acme.test")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.get("/api/v1/me/").json()["authentication"] == "session"
+    response = client.post("/api/v1/members/", {"email": "x@acme.test"}, content_type="application/json")
+    assert response.status_code == 403
+    assert error_of(response)["code"] == "permission_denied"

@@ -1,0 +1,94 @@
+"""Request ids, JSON log lines, health probes and Prometheus metrics."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+from django.conf import settings as django_settings
+
+from agentapi.logging import ContextFilter
+
+
+def test_it_keeps_the_callers_request_id_and_makes_one_otherwise(alice_api):
+    assert alice_api.get("/api/v1/me/", **{"X-Request-ID": "abc-123"})["X-Request-ID"] == "abc-123"
+    made = alice_api.get("/api/v1/me/")["X-Request-ID"]
+    assert len(made) == 32
+    assert alice_api.get("/api/v1/me/", **{"X-Request-ID": "bad id\n"})["X-Request-ID"] != "bad id\n"
+
+
+def test_log_lines_are_json_with_request_organization_and_user(alice_api, alice):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.getLogger().handlers[0].formatter)
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("agentapi.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        alice_api.get("/api/v1/me/", **{"X-Request-ID": "log-1"})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    assert line["request_id"] == "log-1"
+    assert line["organization"] == "acme"
+    assert line["user"] == str(alice.user_id)
+    assert line["status"] == 200 and line["path"] == "/api/v1/me/"
+    assert "Bearer" not in stream.getvalue()
+
+
+def test_liveness(client):
+    assert client.get("/health/live/").json() == {"status": "ok"}
+
+
+def test_readiness_checks_database_redis_and_broker(client, db):
+    body = client.get("/health/ready/").json()
+    assert body["status"] == "ok", body
+    assert {name for name, check in body["checks"].items() if check["ok"]} == {"database", "redis", "broker"}
+
+
+def test_readiness_is_503_when_redis_is_down(client, db, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+    settings.CACHES = {"default": {**django_settings.CACHES["default"], "LOCATION": settings.REDIS_URL}}
+    response = client.get("/health/ready/")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"] == {"ok": False, "error": "ConnectionError"}
+    settings.READINESS_REQUIRED = ["database", "broker"]
+    degraded = client.get("/health/ready/")
+    assert degraded.status_code == 200 and degraded.json()["status"] == "degraded"
+
+
+def test_metrics_count_requests_by_route(alice_api, client):
+    alice_api.get("/api/v1/me/")
+    text = client.get("/metrics").content.decode()
+    assert 'agentapi_http_requests_total{method="GET",route="api/v1/me/",status="200"}' in text
+
+
+SERVE_REQUESTS = """
+from django.test import Client
+client = Client()
+for _ in range({n}):
+    client.get("/health/live/")
+"""
+
+
+def test_metrics_add_up_across_worker_processes(tmp_path, db):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    manage = [sys.executable, "manage.py", "shell", "-c"]
+    for n in (3, 4):  # two "workers", each its own process
+        subprocess.run([*manage, SERVE_REQUESTS.format(n=n)], env=env, check=True, capture_output=True)
+    scrape = subprocess.run(
+        [*manage, "from django.test import Client; print(Client().get('/metrics').content.decode())"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    line = next(
+        line
+        for line in scrape.splitlines()
+        if line.startswith('agentapi_http_requests_total{method="GET",route="health/live/",status="200"}')
+    )
+    assert float(line.split()[-1]) == 7.0
