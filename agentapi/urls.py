@@ -23,6 +23,7 @@ urlpatterns = [
     ),
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
+    path("", include("tenants.urls")),
 ]
 
 handler400 = "agentapi.errors.bad_request"

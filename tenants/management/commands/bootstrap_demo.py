@@ -14,8 +14,11 @@ SLUG, EMAIL = "demo", "admin@demo.local"
 class Command(BaseCommand):
     help = "Create the demo organization with an admin user and an API key (printed once)."
 
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+
     @transaction.atomic
-    def handle(self, **options):
+    def handle(self, base_url, **options):
         if Organization.objects.filter(slug=SLUG).exists():
             self.stdout.write(
                 f"Demo organization '{SLUG}' exists; its admin is {EMAIL}. Its first API key and password "
@@ -32,7 +35,7 @@ class Command(BaseCommand):
             api_key, key = services.api_key_create(membership=membership, name="demo")
         self.stdout.write(
             "\nDemo organization created. Shown this once, keep them:\n"
-            f"  admin:    http://127.0.0.1:8000/admin/  {EMAIL} / {password}\n"
+            f"  admin:    {base_url}/admin/  {EMAIL} / {password}\n"
             f"  API key:  {key}\n"
-            f"  try:      curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8000/api/v1/me/\n"
+            f"  try:      curl -H 'Authorization: Bearer {key}' {base_url}/api/v1/me/\n"
         )

@@ -1,0 +1,91 @@
+"""The admin and the user pages: Django sessions, the organization chosen among memberships,
+operators seeing every organization, staff seeing only the organizations they manage."""
+
+import re
+
+from django.test import Client
+
+from audit.models import AuditEvent
+from tenants import scoping
+from tenants.models import APIKey, User, hash_api_key
+from tests.conftest import make_key, make_member
+
+
+def signed_in(email: str) -> Client:
+    client = Client()
+    client.force_login(User.objects.get(email=email))
+    return client
+
+
+def test_a_user_chooses_among_their_organizations(alice, globex):
+    make_member(globex, "alice@acme.test", "member")
+    client = signed_in("alice@acme.test")
+    assert client.get("/api/v1/me/").json()["organization"]["slug"] == "acme"
+    page = client.get("/account/organization/").content.decode()
+    assert "Acme" in page and "Globex" in page
+    assert client.post("/account/organization/", {"organization": globex.pk}).status_code == 302
+    me = client.get("/api/v1/me/").json()
+    assert (me["organization"]["slug"], me["role"], me["authentication"]) == ("globex", "member", "session")
+
+
+def test_a_user_cannot_choose_an_organization_they_do_not_belong_to(alice, charlie, globex):
+    client = signed_in("alice@acme.test")
+    assert client.post("/account/organization/", {"organization": globex.pk}).status_code == 400
+    assert client.get("/api/v1/me/").json()["organization"]["slug"] == "acme"
+
+
+def test_an_operator_sees_every_organizations_keys_in_the_admin(operator, charlie, alice):
+    make_key(alice, "alice-key")
+    make_key(charlie, "charlie-key")
+    page = signed_in("operator@platform.test").get("/admin/tenants/apikey/").content.decode()
+    assert "alice-key" in page and "charlie-key" in page
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        assert (
+            AuditEvent.objects.filter(
+                action="tenants.scope.cross_organizations", details__reason="operator admin session"
+            ).count()
+            == 1
+        )
+
+
+def test_staff_see_only_the_organizations_they_manage(alice, charlie):
+    User.objects.filter(email="alice@acme.test").update(is_staff=True)
+    make_key(alice, "alice-key")
+    charlie_key_prefix = make_key(charlie, "charlie-key")[:16]
+    client = signed_in("alice@acme.test")
+    page = client.get("/admin/tenants/apikey/").content.decode()
+    assert "alice-key" in page and "charlie-key" not in page
+    with scoping.organization_scope(charlie.organization):
+        charlie_key = APIKey.objects.get(prefix=charlie_key_prefix)
+    assert client.get(f"/admin/tenants/apikey/{charlie_key.pk}/change/").status_code in (302, 404)
+    assert "globex" not in client.get("/admin/tenants/organization/").content.decode()
+    assert client.get("/admin/tenants/user/").status_code == 403  # people are the operators' to manage
+
+
+def test_plain_members_do_not_get_into_the_admin(bob):
+    User.objects.filter(email="bob@acme.test").update(is_staff=True)
+    page = signed_in("bob@acme.test").get("/admin/")
+    assert page.status_code == 200
+    assert "API keys" not in page.content.decode()
+
+
+def test_a_key_made_in_the_admin_is_shown_once_and_stored_hashed(operator, alice, acme):
+    client = signed_in("operator@platform.test")
+    response = client.post("/admin/tenants/apikey/add/", {"membership": alice.pk, "name": "from-admin"})
+    key = re.search(r'value="(aak_[^"]+)"', response.content.decode()).group(1)
+    with scoping.organization_scope(acme):
+        row = APIKey.objects.get(name="from-admin")
+    assert row.hashed_key == hash_api_key(key)
+    change_page = client.get(f"/admin/tenants/apikey/{row.pk}/change/").content.decode()
+    list_page = client.get("/admin/tenants/apikey/").content.decode()
+    for page in (change_page, list_page):
+        assert key not in page and row.hashed_key not in page
+
+
+def test_the_audit_log_is_read_only_in_the_admin(operator, acme):
+    client = signed_in("operator@platform.test")
+    with scoping.organization_scope(acme):
+        event = AuditEvent.objects.first()
+    assert client.get("/admin/audit/auditevent/").status_code == 200
+    assert client.get("/admin/audit/auditevent/add/").status_code == 403
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
