@@ -2,7 +2,7 @@
 
 Rows are read in keyset-paginated chunks, each in its own short transaction under the caller's
 organization, so memory stays flat and no transaction is held open while the client reads. Under
-ASGI the chunks are fetched with sync_to_async from an async iterator; Django would otherwise
+ASGI the chunks are fetched on a worker thread from an async iterator; Django would otherwise
 buffer a synchronous iterator whole before sending it.
 """
 
@@ -10,9 +10,9 @@ import csv
 import io
 import json
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 
+from agentapi.workers import in_worker
 from audit.api.serializers import AuditEventSerializer
 from tenants import scoping
 
@@ -78,7 +78,7 @@ async def stream(organization, actor, filters, fmt: str):
     yield header(fmt)
     before = None
     while True:
-        text, before = await sync_to_async(_fetch_chunk)(organization, actor, filters, fmt, before)
+        text, before = await in_worker(_fetch_chunk)(organization, actor, filters, fmt, before)
         if before is None:
             return
         yield text

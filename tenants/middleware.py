@@ -7,8 +7,11 @@ are owners or admins of organizations see exactly those; anyone else, their chos
 
 from contextlib import ExitStack
 
+from asgiref.sync import async_to_sync, sync_to_async
+
 from agentapi import context as request_context
 from agentapi.db.scope import DatabaseScope, use_scope
+from agentapi.middleware import HybridMiddleware
 from tenants import scoping
 from tenants.models import MANAGER_ROLES, Membership
 
@@ -28,18 +31,34 @@ def manageable_organization_ids(user) -> list[int]:
         )
 
 
-class SessionOrganizationMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
 
-    def __call__(self, request):
+
+class SessionOrganizationMiddleware(HybridMiddleware):
+    def call(self, request):
         user = getattr(request, "user", None)
-        if request.path.startswith("/api/") or user is None or not user.is_authenticated:
+        if _is_api(request) or user is None or not user.is_authenticated:
             return self.get_response(request)
         with ExitStack() as stack:
             stack.enter_context(self._scope_for(request, user))
             request_context.annotate(user=str(user.pk))
             return self.get_response(request)
+
+    async def acall(self, request):
+        if _is_api(request):  # the API view scopes its own request: straight through
+            return await self.get_response(request)
+        # Admin and user pages read the session and memberships (sync database work): they take
+        # the sync path in a thread. They are not the hot path; the API is.
+        return await sync_to_async(self._call_in_thread)(request)
+
+    def _call_in_thread(self, request):
+        user = request.user
+        if not user.is_authenticated:
+            return async_to_sync(self.get_response)(request)
+        with self._scope_for(request, user):
+            request_context.annotate(user=str(user.pk))
+            return async_to_sync(self.get_response)(request)
 
     def _scope_for(self, request, user):
         actor = actor_for(user)

@@ -82,6 +82,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "agentapi.urls"
+# Threads per web process that run synchronous request work (and hold a database connection each).
+WEB_THREADS = env.int("WEB_THREADS", default=12)
 WSGI_APPLICATION = "agentapi.wsgi.application"
 ASGI_APPLICATION = "agentapi.asgi.application"
 AUTH_USER_MODEL = "tenants.User"
@@ -108,8 +110,25 @@ def _database(url: str) -> dict:
     if config["ENGINE"] == "django.db.backends.postgresql":
         # Our backend keeps PostgreSQL's row-level security settings in step with the tenant scope.
         config["ENGINE"] = "agentapi.db.backends.postgresql"
-        config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-        config["CONN_HEALTH_CHECKS"] = True
+        # Server-side binding lets psycopg prepare a statement after a few executions, so the
+        # planner (not cheap with row-level security policies and joins) runs once per connection.
+        # Turn it off behind a transaction-mode pooler that cannot keep prepared statements.
+        server_side = env.bool("DATABASE_SERVER_SIDE_BINDING", default=True)
+        config.setdefault("OPTIONS", {})["server_side_binding"] = server_side
+        config["OPTIONS"]["prepare_threshold"] = 2 if server_side else None
+        if env.bool("DATABASE_POOL", default=False):
+            # A psycopg pool per process, for deployments that run more threads than they want
+            # connections. The web process's worker threads (WEB_THREADS) each keep a persistent
+            # connection by default instead, which costs nothing per request.
+            config["CONN_MAX_AGE"] = 0
+            config.setdefault("OPTIONS", {})["pool"] = {
+                "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+                "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+                "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+            }
+        else:
+            config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+            config["CONN_HEALTH_CHECKS"] = True
     config["ATOMIC_REQUESTS"] = True
     return config
 
@@ -174,7 +193,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = True
+WHITENOISE_USE_FINDERS = True  # embedded and tests: no collectstatic needed
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

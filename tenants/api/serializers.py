@@ -66,22 +66,45 @@ class ScopedMembershipField(serializers.PrimaryKeyRelatedField):
 class APIKeySerializer(serializers.ModelSerializer):
     member = serializers.IntegerField(source="membership_id", read_only=True)
     user = UserSerializer(source="membership.user", read_only=True)
-    status = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=["active", "expired", "revoked"], read_only=True)
 
     class Meta:
         model = APIKey
         fields = [
-            "id",
-            "name",
-            "prefix",
-            "member",
-            "user",
-            "status",
-            "created_at",
-            "expires_at",
-            "revoked_at",
-            "last_used_at",
-        ]
+            "id", "name", "prefix", "member", "user", "status",
+            "created_at", "expires_at", "revoked_at", "last_used_at",
+        ]  # fmt: skip
+
+    VALUES = (
+        "id", "name", "prefix", "membership_id", "membership__user__id", "membership__user__email",
+        "membership__user__name", "created_at", "expires_at", "revoked_at", "last_used_at",
+    )  # fmt: skip
+
+    @staticmethod
+    def from_values(row: dict, now=None) -> dict:
+        """The representation of a row read with .values(*VALUES): the same as serializing it."""
+        now = now or timezone.now()
+        expires_at, revoked_at, last_used_at = row["expires_at"], row["revoked_at"], row["last_used_at"]
+        status = "revoked" if revoked_at else ("expired" if expires_at and expires_at <= now else "active")
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "prefix": row["prefix"],
+            "member": row["membership_id"],
+            "user": {
+                "id": row["membership__user__id"],
+                "email": row["membership__user__email"],
+                "name": row["membership__user__name"],
+            },
+            "status": status,
+            "created_at": _when(row["created_at"]),
+            "expires_at": _when(expires_at) if expires_at else None,
+            "revoked_at": _when(revoked_at) if revoked_at else None,
+            "last_used_at": _when(last_used_at) if last_used_at else None,
+        }
+
+
+_when = serializers.DateTimeField().to_representation
 
 
 class APIKeyCreatedSerializer(APIKeySerializer):

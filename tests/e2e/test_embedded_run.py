@@ -77,6 +77,13 @@ def test_make_run_serves_a_demo_on_embedded_defaults_and_reuses_it(tmp_path):
         ready = get(base_url, "/health/ready/")
         assert ready["status"] == "ok" and ready["checks"]["broker"]["ok"]
         assert password
+        # The export streams from the ASGI worker pool (the test client cannot show that path).
+        request = urllib.request.Request(
+            base_url + "/api/v1/audit/events/export/", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            lines = [json.loads(line) for line in response.read().decode().splitlines()]
+        assert {"tenants.organization.create", "tenants.api_key.create"} <= {line["action"] for line in lines}
     finally:
         assert stop(process) == 0
     assert (tmp_path / "db.sqlite3").exists()

@@ -120,3 +120,14 @@ def test_it_audits_creation_and_revocation_without_the_key(alice_api, acme):
     assert sorted(e.action for e in events) == ["tenants.api_key.create", "tenants.api_key.revoke"]
     assert all(created["key"] not in str(e.details) for e in events)
     assert all(e.actor_type == "api_key" and e.actor_label == "alice@acme.test" for e in events)
+
+
+def test_the_list_shows_each_key_as_its_detail_does(alice_api, bob, acme):
+    alice_api.post("/api/v1/api-keys/", {"name": "a", "member": bob.pk, "expires_at": "2099-01-01T00:00:00Z"})
+    revoked = alice_api.post("/api/v1/api-keys/", {"name": "b"}).json()
+    alice_api.delete(f"/api/v1/api-keys/{revoked['id']}/")
+    listed = alice_api.get("/api/v1/api-keys/").json()["results"]
+    assert len(listed) == 3
+    for item in listed:
+        assert item == alice_api.get(f"/api/v1/api-keys/{item['id']}/").json()
+    assert {item["status"] for item in listed} == {"active", "revoked"}
