@@ -1,3 +1,5 @@
+from datetime import UTC
+
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -104,7 +106,11 @@ class APIKeySerializer(serializers.ModelSerializer):
         }
 
 
-_when = serializers.DateTimeField().to_representation
+def _when(value) -> str:
+    """DRF's DateTimeField output for an aware datetime (ISO 8601, UTC as "Z"), without its
+    per-value timezone lookups: the database hands back UTC (TIME_ZONE = "UTC")."""
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class APIKeyCreatedSerializer(APIKeySerializer):
