@@ -124,6 +124,15 @@ def _key_lookup_sql() -> str:
     )
 
 
+def _convert(field, value):
+    """What the ORM's compiler does to a column's value: the backend's converters (SQLite's
+    datetimes, for one), then the field's own (JSON)."""
+    col = field.get_col(field.model._meta.db_table)
+    for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+        value = converter(value, col, connection)
+    return value
+
+
 def _find_api_key(hashed: str) -> APIKey | None:
     with connection.cursor() as cursor:
         cursor.execute(_key_lookup_sql(), [hashed])
@@ -134,11 +143,9 @@ def _find_api_key(hashed: str) -> APIKey | None:
 
     def build(model):
         fields = _fields(model)
-        values_of_model = [
-            field.from_db_value(next(values), None, connection) if hasattr(field, "from_db_value") else next(values)
-            for field in fields
-        ]
-        return model.from_db("default", [field.attname for field in fields], values_of_model)
+        return model.from_db(
+            "default", [field.attname for field in fields], [_convert(f, next(values)) for f in fields]
+        )
 
     api_key, membership, user, organization = build(APIKey), build(Membership), build(User), build(Organization)
     membership.user, membership.organization = user, organization

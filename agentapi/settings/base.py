@@ -136,7 +136,7 @@ def _database(url: str) -> dict:
     return config
 
 
-DATABASES = {"default": _database(env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))}
+DATABASES = {"default": _database(env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 if env.str("DATABASE_OWNER_URL", default=""):
     # The tables' owner: migrations and the few privileged paths (audit purge) use it.
     DATABASES["owner"] = {**_database(env.str("DATABASE_OWNER_URL")), "ATOMIC_REQUESTS": False}

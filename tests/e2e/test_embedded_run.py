@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def get(base_url: str, path: str, key: str | None = None) -> dict:
 
 def stop(process) -> int:
     process.send_signal(signal.SIGINT)
-    return process.wait(timeout=30)
+    code = process.wait(timeout=30)
+    process.output = process.stdout.read()  # kept for the failure message
+    return code
 
 
 @pytest.mark.slow
@@ -81,8 +84,12 @@ def test_make_run_serves_a_demo_on_embedded_defaults_and_reuses_it(tmp_path):
         request = urllib.request.Request(
             base_url + "/api/v1/audit/events/export/", headers={"Authorization": f"Bearer {key}"}
         )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            lines = [json.loads(line) for line in response.read().decode().splitlines()]
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                lines = [json.loads(line) for line in response.read().decode().splitlines()]
+        except urllib.error.HTTPError:
+            stop(process)
+            pytest.fail("export failed; the server said:\n" + process.output[-5000:])
         assert {"tenants.organization.create", "tenants.api_key.create"} <= {line["action"] for line in lines}
     finally:
         assert stop(process) == 0
