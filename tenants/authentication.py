@@ -17,6 +17,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from agentapi.db.scope import DatabaseScope, use_scope
+from agentapi.errors import APIError
 from tenants import scoping, security
 from tenants.jwks import JWKSUnavailable, UnknownSigningKey, jwks_cache
 from tenants.models import API_KEY_PREFIX, APIKey, Membership, Organization, User, hash_api_key
@@ -280,7 +281,7 @@ class SessionAuthentication(authentication.SessionAuthentication):
         user = result[0]
         membership = session_membership(request._request, user)
         if membership is None:
-            return None
+            raise APIError("no_organization", "You are not a member of any organization.", status=403)
         return user, _principal(membership, "session")
 
 

@@ -66,10 +66,6 @@ def current_organization():
     return organization
 
 
-def current_actor() -> Actor:
-    return _state.get().actor
-
-
 def require_scope() -> TenantState:
     state = _state.get()
     if not state.is_set:
@@ -115,20 +111,6 @@ def organizations_scope(organization_ids, *, actor: Actor | None = None):
     state = TenantState(organization_ids=tuple(sorted(organization_ids)), actor=actor or _state.get().actor)
     with _enter(state):
         yield state
-
-
-@contextmanager
-def user_scope(actor: Actor):
-    """No organization yet, but a known user: they may read their own memberships."""
-    with _enter(TenantState(actor=actor)):
-        yield
-
-
-@contextmanager
-def as_actor(actor: Actor):
-    """Keep the scope, change who is acting (authentication decides the actor)."""
-    with _enter(replace(_state.get(), actor=actor)):
-        yield
 
 
 @contextmanager

@@ -35,16 +35,13 @@ def record_change(action: str, *, target, details: dict | None = None, organizat
         recorder(action, target=target, details=details or {}, organization=organization)
 
 
-_record = record_change
-
-
 @transaction.atomic
 def organization_create(*, slug: str, name: str, settings: dict | None = None, is_active: bool = True) -> Organization:
     if Organization.objects.filter(slug=slug).exists():
         raise APIError("conflict", f"An organization with slug '{slug}' already exists.", status=409)
     organization = Organization.objects.create(slug=slug, name=name, settings=settings or {}, is_active=is_active)
     with scoping.organization_scope(organization):
-        _record("tenants.organization.create", target=organization, details={"slug": slug, "name": name})
+        record_change("tenants.organization.create", target=organization, details={"slug": slug, "name": name})
     return organization
 
 
@@ -56,7 +53,7 @@ def organization_update(*, organization: Organization, **fields) -> Organization
     if changed:
         organization.save(update_fields=list(changed))
         with scoping.organization_scope(organization):
-            _record("tenants.organization.update", target=organization, details={"changed": sorted(changed)})
+            record_change("tenants.organization.update", target=organization, details={"changed": sorted(changed)})
     return organization
 
 
@@ -78,7 +75,7 @@ def user_delete(*, user: User) -> None:
     with scoping.dangerously_all_organizations(reason=f"delete user {user.pk}"):
         for membership in Membership.objects.filter(user=user).select_related("organization"):
             with scoping.organization_scope(membership.organization):
-                _record(
+                record_change(
                     "tenants.membership.delete", target=membership, details={"user_id": user.pk, "user_deleted": True}
                 )
         user.delete()
@@ -92,7 +89,7 @@ def membership_create(*, organization: Organization, email: str, role: str, name
     if Membership.objects.filter(user=user).exists():
         raise APIError("conflict", "This user is already a member.", status=409)
     membership = Membership.objects.create(organization=organization, user=user, role=role)
-    _record(
+    record_change(
         "tenants.membership.create",
         target=membership,
         details={"user_id": user.pk, "role": role, "user_created": created},
@@ -118,7 +115,7 @@ def membership_update_role(*, membership: Membership, role: str, acting_role: st
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    _record("tenants.membership.update", target=membership, details={"role": role, "previous_role": previous})
+    record_change("tenants.membership.update", target=membership, details={"role": role, "previous_role": previous})
     return membership
 
 
@@ -127,7 +124,7 @@ def membership_delete(*, membership: Membership, acting_role: str) -> None:
     _check_may_manage(acting_role=acting_role, membership=membership)
     if membership.role == Role.OWNER and _owners_left_after(membership) == 0:
         raise APIError("last_owner", "An organization keeps at least one owner.", status=409)
-    _record("tenants.membership.delete", target=membership, details={"user_id": membership.user_id})
+    record_change("tenants.membership.delete", target=membership, details={"user_id": membership.user_id})
     membership.delete()
 
 
@@ -158,7 +155,7 @@ def api_key_create(
             continue
     else:
         raise RuntimeError("Could not allocate a unique API key prefix.")
-    _record(
+    record_change(
         "tenants.api_key.create",
         target=api_key,
         details={
@@ -178,5 +175,5 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-        _record("tenants.api_key.revoke", target=api_key, details={"prefix": api_key.prefix})
+        record_change("tenants.api_key.revoke", target=api_key, details={"prefix": api_key.prefix})
     return api_key

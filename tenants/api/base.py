@@ -12,7 +12,6 @@ from django.http import Http404
 from rest_framework import permissions, viewsets
 
 from agentapi import context as request_context
-from agentapi.errors import APIError
 from tenants import scoping, security
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES
@@ -81,7 +80,3 @@ class IsOperator(permissions.BasePermission):
     def has_permission(self, request, view):
         user = request.user
         return bool(user and user.is_authenticated and user.is_superuser)
-
-
-def no_organization_error() -> APIError:
-    return APIError("no_organization", "You are not a member of any organization.", status=403)

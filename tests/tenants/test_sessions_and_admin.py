@@ -89,3 +89,10 @@ def test_the_audit_log_is_read_only_in_the_admin(operator, acme):
     assert client.get("/admin/audit/auditevent/").status_code == 200
     assert client.get("/admin/audit/auditevent/add/").status_code == 403
     assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_a_signed_in_user_without_an_organization_is_told_so(db):
+    User.objects.create_user("loner@example.test", "pw")
+    response = signed_in("loner@example.test").get("/api/v1/me/")
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "no_organization"
