@@ -17,7 +17,6 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from agentapi.db.scope import DatabaseScope, use_scope
-from agentapi.errors import APIError
 from tenants import scoping, security
 from tenants.jwks import JWKSUnavailable, UnknownSigningKey, jwks_cache
 from tenants.models import API_KEY_PREFIX, APIKey, Membership, Organization, User, hash_api_key
@@ -44,6 +43,11 @@ class Unauthenticated(exceptions.AuthenticationFailed):
         super().__init__(message)
         self.error_code = code
         security.report("authentication_failed", reason=code, credential=credential, **facts)
+
+
+class NoOrganization(exceptions.PermissionDenied):
+    error_code = "no_organization"
+    default_detail = "You are not a member of any organization."
 
 
 def _bearer(request) -> str | None:
@@ -281,7 +285,7 @@ class SessionAuthentication(authentication.SessionAuthentication):
         user = result[0]
         membership = session_membership(request._request, user)
         if membership is None:
-            raise APIError("no_organization", "You are not a member of any organization.", status=403)
+            raise NoOrganization()
         return user, _principal(membership, "session")
 
 
