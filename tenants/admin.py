@@ -9,8 +9,10 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.template.response import TemplateResponse
 
+from agentapi.errors import APIError
 from tenants import scoping, services
-from tenants.models import APIKey, Membership, Organization, User
+from tenants.middleware import actor_for
+from tenants.models import APIKey, Membership, Organization, Role, User
 
 
 class TenantScopedAdmin(admin.ModelAdmin):
@@ -70,21 +72,12 @@ class UserAdmin(DjangoUserAdmin):
         return request.user.is_superuser
 
 
-class MembershipInline(admin.TabularInline):
-    model = Membership
-    extra = 0
-    autocomplete_fields = ["user"]
-    fields = ["user", "role", "created_at"]
-    readonly_fields = ["created_at"]
-
-
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     readonly_fields = ["created_at"]
-    inlines = [MembershipInline]
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
@@ -114,27 +107,89 @@ class OrganizationAdmin(admin.ModelAdmin):
             )
 
 
+class MembershipAddForm(forms.ModelForm):
+    email = forms.EmailField(help_text="The person's e-mail; an account is made for a new address.")
+
+    class Meta:
+        model = Membership
+        fields = ["organization", "role"]
+
+
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedAdmin):
+    """Adds by e-mail (listing every user of the platform to pick from would show a staff admin
+    other organizations' people), and applies the same rules as the API through the services."""
+
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role", "organization"]
     search_fields = ["user__email", "organization__slug"]
     list_select_related = ["user", "organization"]
-    autocomplete_fields = ["user"]
+    actions = None  # bulk deletion would skip the owner rules; remove members one by one
+
+    def get_fields(self, request, obj=None):
+        return ["organization", "email", "role"] if obj is None else ["user", "organization", "role", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["user", "organization", "created_at"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = MembershipAddForm
+        form = super().get_form(request, obj, **kwargs)
+        admin_site = self
+
+        class RuledForm(form):
+            def clean(self):
+                data = super().clean()
+                organization = data.get("organization") or getattr(obj, "organization", None)
+                if organization is not None and "role" in data:
+                    with scoping.organization_scope(organization):
+                        try:
+                            services.membership_check_change(
+                                acting_role=admin_site.acting_role(request, organization),
+                                membership=Membership.objects.filter(pk=obj.pk).first() if obj else None,
+                                new_role=data["role"],
+                            )
+                        except APIError as exc:
+                            raise forms.ValidationError(str(exc.detail)) from None
+                return data
+
+        return RuledForm
+
+    @staticmethod
+    def acting_role(request, organization) -> str:
+        if request.user.is_superuser:
+            return Role.OWNER
+        own = Membership.objects.filter(user=request.user, organization=organization).first()
+        return own.role if own else Role.MEMBER
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+        with scoping.organization_scope(obj.organization, actor=actor_for(request.user)):
+            acting = self.acting_role(request, obj.organization)
+            if change:
+                current = Membership.objects.get(pk=obj.pk)
+                services.membership_update_role(membership=current, role=obj.role, acting_role=acting)
+            else:
+                created = services.membership_create(
+                    organization=obj.organization, email=form.cleaned_data["email"], role=obj.role, acting_role=acting
+                )
+                obj.pk, obj.user, obj.created_at = created.pk, created.user, created.created_at
+
+    def has_delete_permission(self, request, obj=None):
+        if not super().has_delete_permission(request, obj) or obj is None:
+            return super().has_delete_permission(request, obj)
         with scoping.organization_scope(obj.organization):
-            services.record_change(
-                "tenants.membership.update" if change else "tenants.membership.create",
-                target=obj,
-                details={"role": obj.role, "user_id": obj.user_id, "via": "admin"},
-            )
+            try:
+                services.membership_check_change(
+                    acting_role=self.acting_role(request, obj.organization), membership=obj, new_role=None
+                )
+            except APIError:
+                return False
+        return True
 
     def delete_model(self, request, obj):
-        with scoping.organization_scope(obj.organization):
-            services.record_change("tenants.membership.delete", target=obj, details={"via": "admin"})
-        super().delete_model(request, obj)
+        with scoping.organization_scope(obj.organization, actor=actor_for(request.user)):
+            services.membership_delete(membership=obj, acting_role=self.acting_role(request, obj.organization))
 
 
 class APIKeyAddForm(forms.ModelForm):
@@ -158,7 +213,8 @@ class APIKeyAdmin(TenantScopedAdmin):
     list_filter = ["organization", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "membership__user__email"]
     list_select_related = ["membership__user", "organization"]
-    readonly_fields = ["prefix", "organization", "created_at", "created_by", "revoked_at", "last_used_at"]
+    # A key never changes hands: its member is fixed once it is made.
+    readonly_fields = ["prefix", "membership", "organization", "created_at", "created_by", "revoked_at", "last_used_at"]
     fields = [
         "name",
         "membership",

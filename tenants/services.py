@@ -82,7 +82,10 @@ def user_delete(*, user: User) -> None:
 
 
 @transaction.atomic
-def membership_create(*, organization: Organization, email: str, role: str, name: str = "") -> Membership:
+def membership_create(
+    *, organization: Organization, email: str, role: str, name: str = "", acting_role: str = Role.OWNER
+) -> Membership:
+    membership_check_change(acting_role=acting_role, membership=None, new_role=role)
     if Membership.objects.count() >= organization.limit("max_members"):
         raise APIError("limit_reached", "This organization has reached its member limit.", status=409)
     user, created = user_get_or_create(email=email, name=name)
@@ -101,17 +104,23 @@ def _owners_left_after(membership: Membership) -> int:
     return Membership.objects.filter(role=Role.OWNER).exclude(pk=membership.pk).count()
 
 
-def _check_may_manage(*, acting_role: str, membership: Membership, new_role: str | None = None) -> None:
-    touches_owner = membership.role == Role.OWNER or new_role == Role.OWNER
+def membership_check_change(*, acting_role: str, membership: Membership | None, new_role: str | None) -> None:
+    """The rules every path (API, admin) applies before it adds (membership None), changes the role
+    of (new_role) or removes (new_role None) a membership. Raises APIError.
+
+    Only an owner makes, changes or removes an owner; an organization keeps at least one owner.
+    """
+    touches_owner = new_role == Role.OWNER or (membership is not None and membership.role == Role.OWNER)
     if touches_owner and acting_role != Role.OWNER:
         raise APIError("permission_denied", "Only an owner may change an owner or make one.", status=403)
+    losing_owner = membership is not None and membership.role == Role.OWNER and new_role != Role.OWNER
+    if losing_owner and _owners_left_after(membership) == 0:
+        raise APIError("last_owner", "An organization keeps at least one owner.", status=409)
 
 
 @transaction.atomic
 def membership_update_role(*, membership: Membership, role: str, acting_role: str) -> Membership:
-    _check_may_manage(acting_role=acting_role, membership=membership, new_role=role)
-    if membership.role == Role.OWNER and role != Role.OWNER and _owners_left_after(membership) == 0:
-        raise APIError("last_owner", "An organization keeps at least one owner.", status=409)
+    membership_check_change(acting_role=acting_role, membership=membership, new_role=role)
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
@@ -121,9 +130,7 @@ def membership_update_role(*, membership: Membership, role: str, acting_role: st
 
 @transaction.atomic
 def membership_delete(*, membership: Membership, acting_role: str) -> None:
-    _check_may_manage(acting_role=acting_role, membership=membership)
-    if membership.role == Role.OWNER and _owners_left_after(membership) == 0:
-        raise APIError("last_owner", "An organization keeps at least one owner.", status=409)
+    membership_check_change(acting_role=acting_role, membership=membership, new_role=None)
     record_change("tenants.membership.delete", target=membership, details={"user_id": membership.user_id})
     membership.delete()
 

@@ -48,11 +48,9 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
     def create(self, request):
         data = s.MembershipCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        if data.validated_data["role"] == "owner" and self.principal.role != "owner":
-            from agentapi.errors import APIError
-
-            raise APIError("permission_denied", "Only an owner may make an owner.", status=403)
-        membership = services.membership_create(organization=self.principal.organization, **data.validated_data)
+        membership = services.membership_create(
+            organization=self.principal.organization, acting_role=self.principal.role, **data.validated_data
+        )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.MembershipUpdateSerializer, responses=s.MembershipSerializer)

@@ -7,7 +7,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from tenants import scoping
-from tenants.models import APIKey, User, hash_api_key
+from tenants.models import APIKey, Membership, User, hash_api_key
 from tests.conftest import make_key, make_member
 
 
@@ -96,3 +96,53 @@ def test_a_signed_in_user_without_an_organization_is_told_so(db):
     response = signed_in("loner@example.test").get("/api/v1/me/")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "no_organization"
+
+
+def staff_admin_of(organization) -> Client:
+    membership = make_member(organization, "staff@acme.test", "admin")
+    User.objects.filter(pk=membership.user_id).update(is_staff=True)
+    return signed_in("staff@acme.test")
+
+
+def test_the_admin_adds_members_by_email_under_the_apis_rules(alice, acme):
+    client = staff_admin_of(acme)
+    added = client.post(
+        "/admin/tenants/membership/add/", {"organization": acme.pk, "email": "New@Acme.test", "role": "member"}
+    )
+    assert added.status_code == 302
+    with scoping.organization_scope(acme):
+        assert Membership.objects.filter(user__email="new@acme.test", role="member").exists()
+        assert AuditEvent.objects.filter(action="tenants.membership.create", actor_label="staff@acme.test").exists()
+    refused = client.post(
+        "/admin/tenants/membership/add/", {"organization": acme.pk, "email": "o@acme.test", "role": "owner"}
+    )
+    assert refused.status_code == 200 and "Only an owner" in refused.content.decode()
+
+
+def test_a_staff_admin_cannot_demote_or_remove_an_owner_in_the_admin(alice, acme):
+    client = staff_admin_of(acme)
+    response = client.post(f"/admin/tenants/membership/{alice.pk}/change/", {"role": "member"})
+    assert response.status_code == 200 and "Only an owner" in response.content.decode()
+    assert client.post(f"/admin/tenants/membership/{alice.pk}/delete/", {"post": "yes"}).status_code == 403
+    with scoping.organization_scope(acme):
+        alice.refresh_from_db()
+    assert alice.role == "owner"
+
+
+def test_not_even_an_operator_removes_the_last_owner_in_the_admin(operator, alice):
+    client = signed_in("operator@platform.test")
+    assert client.post(f"/admin/tenants/membership/{alice.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = client.post(f"/admin/tenants/membership/{alice.pk}/change/", {"role": "admin"})
+    assert "at least one owner" in response.content.decode()
+
+
+def test_an_api_key_never_changes_hands_in_the_admin(operator, alice, bob, acme):
+    make_key(alice, "alices")
+    with scoping.organization_scope(acme):
+        key = APIKey.objects.get(name="alices")
+    signed_in("operator@platform.test").post(
+        f"/admin/tenants/apikey/{key.pk}/change/", {"name": "renamed", "membership": bob.pk}
+    )
+    with scoping.organization_scope(acme):
+        key.refresh_from_db()
+    assert (key.name, key.membership_id) == ("renamed", alice.pk)
