@@ -20,8 +20,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-from agentapi.middleware import HybridMiddleware
-
 HTTP_REQUESTS = Counter("agentapi_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(
     "agentapi_http_request_duration_seconds",
@@ -36,23 +34,16 @@ def _route(request) -> str:
     return match.route if match and match.route else "unmatched"
 
 
-def _observe(request, response, started) -> None:
-    route = _route(request)
-    HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+class MetricsMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
 
-
-class MetricsMiddleware(HybridMiddleware):
-    def call(self, request):
+    def __call__(self, request):
         started = time.perf_counter()
         response = self.get_response(request)
-        _observe(request, response, started)
-        return response
-
-    async def acall(self, request):
-        started = time.perf_counter()
-        response = await self.get_response(request)
-        _observe(request, response, started)
+        route = _route(request)
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         return response
 
 

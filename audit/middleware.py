@@ -1,25 +1,12 @@
-from asgiref.sync import sync_to_async
-
-from agentapi.middleware import HybridMiddleware
-from audit.recorders import flush_security_events, start_security_events
+from audit.recorders import deferred_security_events
 
 
-class SecurityEventMiddleware(HybridMiddleware):
+class SecurityEventMiddleware:
     """Write the request's security events once its response is decided (see audit.recorders)."""
 
-    def call(self, request):
-        pending = start_security_events()
-        try:
-            return self.get_response(request)
-        finally:
-            flush_security_events(pending)
+    def __init__(self, get_response):
+        self.get_response = get_response
 
-    async def acall(self, request):
-        pending = start_security_events()
-        try:
-            return await self.get_response(request)
-        finally:
-            if pending.events:  # nothing to write on almost every request: no thread hand-off
-                await sync_to_async(flush_security_events)(pending)
-            else:
-                flush_security_events(pending)
+    def __call__(self, request):
+        with deferred_security_events():
+            return self.get_response(request)

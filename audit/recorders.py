@@ -7,8 +7,8 @@ very error they describe.
 """
 
 import logging
+from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 from django.apps import apps
 from django.db import transaction
@@ -41,30 +41,21 @@ def record_security_event(kind, **facts):
         pending.append((kind, facts, state))
 
 
-@dataclass
-class Pending:
-    token: object
-    events: list
-
-
-def start_security_events() -> Pending:
-    """Hold the security events of the request now starting (the view may run in another thread:
-    it appends to this same list)."""
-    events: list = []
-    return Pending(_pending.set(events), events)
-
-
-def flush_security_events(pending: Pending) -> None:
-    """Write what the request reported, each in its own transaction. Call from sync code."""
+@contextmanager
+def deferred_security_events():
+    """Hold the security events of the request inside, and write them, each in its own
+    transaction, once it is done."""
+    token = _pending.set([])
     try:
-        _pending.reset(pending.token)
-    except ValueError:  # reset from another context (async path): the list is what matters
-        _pending.set(None)
-    for kind, facts, state in pending.events:
-        try:
-            _write(kind, facts, state)
-        except Exception:  # the response is already decided; never turn it into a 500
-            logger.exception("Could not record a security event", extra={"kind": kind})
+        yield
+    finally:
+        pending = _pending.get()
+        _pending.reset(token)
+        for kind, facts, state in pending:
+            try:
+                _write(kind, facts, state)
+            except Exception:  # the response is already decided; never turn it into a 500
+                logger.exception("Could not record a security event", extra={"kind": kind})
 
 
 def _write(kind, facts, state):

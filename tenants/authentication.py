@@ -19,7 +19,7 @@ from rest_framework import authentication, exceptions
 from agentapi.db.scope import DatabaseScope, use_scope
 from tenants import scoping, security
 from tenants.jwks import JWKSUnavailable, UnknownSigningKey, jwks_cache
-from tenants.models import API_KEY_PREFIX, APIKey, Membership, Organization, User, hash_api_key
+from tenants.models import API_KEY_PREFIX, APIKey, Membership, Organization, User, hash_api_key, memberships_of
 
 # Credentials belong in the Authorization header; in a URL they end up in logs and Referers.
 QUERY_CREDENTIAL_NAMES = ("access_token", "api_key", "apikey", "key", "token", "jwt", "auth")
@@ -260,14 +260,8 @@ class JWTAuthentication(BearerAuthentication):
         if not isinstance(email, str) or not isinstance(slug, str):
             raise Unauthenticated("invalid_claims", "The token lacks its user or organization claim.", credential="jwt")
         user = User.objects.filter(email=email.lower()).first()
-        membership = None
-        if user is not None:
-            with use_scope(DatabaseScope(user_id=user.pk)):  # a user may read their own memberships
-                membership = (
-                    Membership._base_manager.select_related("organization", "user")
-                    .filter(user=user, organization__slug=slug)
-                    .first()
-                )
+        found = memberships_of(user, organization__slug=slug) if user is not None else []
+        membership = found[0] if found else None
         if membership is None:
             raise Unauthenticated(
                 "unknown_member", "The token's user is not a member of that organization.", credential="jwt"
@@ -294,11 +288,6 @@ SESSION_ORGANIZATION_KEY = "organization_id"
 
 def session_membership(request, user) -> Membership | None:
     """The membership of the organization chosen in the session, or the user's first one."""
+    memberships = memberships_of(user)
     chosen = request.session.get(SESSION_ORGANIZATION_KEY)
-    with use_scope(DatabaseScope(user_id=user.pk)):
-        memberships = Membership._base_manager.select_related("organization", "user").filter(user=user)
-        if chosen is not None:
-            membership = memberships.filter(organization_id=chosen).first()
-            if membership is not None:
-                return membership
-        return memberships.order_by("id").first()
+    return next((m for m in memberships if m.organization_id == chosen), memberships[0] if memberships else None)

@@ -140,6 +140,17 @@ class Membership(TenantModel):
         return self.role in MANAGER_ROLES
 
 
+def memberships_of(user, **filters) -> list[Membership]:
+    """A user's own memberships in every organization, oldest first: read before any organization
+    is chosen, through the row-level security policy that lets a user see their own memberships."""
+    from agentapi.db.scope import DatabaseScope, use_scope
+
+    with use_scope(DatabaseScope(user_id=user.pk)):
+        return list(
+            Membership._base_manager.select_related("organization", "user").filter(user=user, **filters).order_by("id")
+        )
+
+
 API_KEY_PREFIX = "aak_"
 
 

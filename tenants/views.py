@@ -5,15 +5,13 @@ from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from agentapi.db.scope import DatabaseScope, use_scope
 from tenants.authentication import SESSION_ORGANIZATION_KEY, session_membership
-from tenants.models import Membership
+from tenants.models import memberships_of
 
 
 @login_required
 def choose_organization(request):
-    with use_scope(DatabaseScope(user_id=request.user.pk)):
-        memberships = list(Membership._base_manager.select_related("organization").filter(user=request.user))
+    memberships = memberships_of(request.user)
     if request.method == "POST":
         chosen = request.POST.get("organization", "")
         if not chosen.isdigit() or int(chosen) not in {m.organization_id for m in memberships}:
