@@ -54,6 +54,7 @@ def main() -> int:
             [str(BIN / "celery"), "-A", "agentapi", "--quiet", "worker", "--beat", "--pool=solo", "--loglevel=WARNING"],
             env=env,
             cwd=ROOT,
+            start_new_session=True,  # its own process group: stopping it stops what it forked
         ),
         subprocess.Popen(
             [
@@ -69,6 +70,7 @@ def main() -> int:
             ],
             env=env,
             cwd=ROOT,
+            start_new_session=True,  # its own process group: stopping it stops what it forked
         ),
     ]
     print(
@@ -84,15 +86,24 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     while not stopping and all(p.poll() is None for p in processes):
         time.sleep(0.2)
+    # Signal each child's whole group: the worker forks beat, which must not outlive it.
     for process in processes:
-        if process.poll() is None:
-            process.terminate()
+        signal_group(process, signal.SIGTERM)
     for process in processes:
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_group(process, signal.SIGKILL)
+            process.wait()
+        signal_group(process, signal.SIGKILL)  # anything of the group still left
     return 0 if stopping else 1
+
+
+def signal_group(process: subprocess.Popen, sig) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 if __name__ == "__main__":

@@ -62,10 +62,13 @@ def get(base_url: str, path: str, key: str | None = None) -> dict:
 
 
 def stop(process) -> int:
+    """Ctrl-C, as a person would. Everything make run started must be gone with it: a process left
+    behind would hold the output pipe open, and communicate() would time out."""
+    if hasattr(process, "output"):  # already stopped (on the way to a failure message)
+        return process.returncode
     process.send_signal(signal.SIGINT)
-    code = process.wait(timeout=30)
-    process.output = process.stdout.read()  # kept for the failure message
-    return code
+    process.output = process.communicate(timeout=30)[0]  # kept for the failure message
+    return process.returncode
 
 
 @pytest.mark.slow
