@@ -8,6 +8,7 @@ Codes are stable: clients may branch on them.
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import connections
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -31,11 +32,12 @@ _CODES = {
 class APIError(exceptions.APIException):
     """A domain error with its own stable code: raise APIError("conflict", "...", status=409)."""
 
-    def __init__(self, code: str, message: str, *, status: int = 400, details=None):
+    def __init__(self, code: str, message: str, *, status: int = 400, details=None, retry_after: int | None = None):
         super().__init__(detail=message, code=code)
         self.status_code = status
         self.error_code = code
         self.details = details or {}
+        self.wait = retry_after  # DRF's handler turns `wait` into a Retry-After header
 
 
 def error_body(code: str, message: str, details=None) -> dict:
@@ -54,12 +56,32 @@ def _describe(exc: exceptions.APIException) -> tuple[str, str, dict]:
     return code, str(exc.detail), {}
 
 
+def _drf_exception_handler(exc, context):
+    """DRF's handler, minus its rollback of an atomic block the view does not own.
+
+    DRF marks the connection's current atomic block for rollback when ATOMIC_REQUESTS is on. A view
+    that opted out of the request transaction (non_atomic_requests, the MCP proxy) owns no such
+    block; whatever encloses it (a test's transaction, a caller's atomic) must not be rolled back
+    because the view answered 404.
+    """
+    view = context.get("view")
+    non_atomic = getattr(getattr(view, "dispatch", None), "_non_atomic_requests", ())
+    if not non_atomic:
+        return drf_exception_handler(exc, context)
+    previous = {alias: connections[alias].needs_rollback for alias in non_atomic}
+    try:
+        return drf_exception_handler(exc, context)
+    finally:
+        for alias, value in previous.items():
+            connections[alias].needs_rollback = value
+
+
 def exception_handler(exc, context):
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
-    response = drf_exception_handler(exc, context)
+    response = _drf_exception_handler(exc, context)
     if response is None:
         return None  # not a client error: Django's 500 handler answers (and logs) it
     code, message, details = _describe(exc)

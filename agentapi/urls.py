@@ -8,6 +8,7 @@ from agentapi import health, metrics
 api_v1 = [
     path("", include("tenants.api.urls")),
     path("", include("audit.api.urls")),
+    path("", include("mcp.api.urls")),
 ]
 
 urlpatterns = [

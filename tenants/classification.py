@@ -10,4 +10,5 @@ GLOBAL_MODELS = {
     "auth.Group": "Django's permission groups, managed by operators",
     "contenttypes.ContentType": "Django's static model catalogue",
     "sessions.Session": "signed-in browser sessions, keyed by an unguessable id",
+    "mcp.StdioTemplate": "command lines operators approve for every organization; tenants only pick one",
 }

@@ -175,6 +175,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "audit.tasks.audit_events_purge_expired", "schedule": 24 * 3600.0},
+    "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -229,7 +230,11 @@ SPECTACULAR_SETTINGS = {
     },
     "SECURITY": [{"bearerAuth": []}],
     "AUTHENTICATION_WHITELIST": [],
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {
+        "MCPConfigurationStatusEnum": "mcp.models.Status",
+        "ToolPinStatusEnum": "mcp.models.PinStatus",
+        "APIKeyStatusEnum": [("active", "active"), ("expired", "expired"), ("revoked", "revoked")],
+    },
 }
 
 # JWTs from an identity provider: verified against its JWKS.
@@ -247,6 +252,23 @@ JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
 API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
 # Audit events older than this many days are purged by the scheduled job (0 keeps them forever).
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
+
+# MCP servers: the per-process pool of upstream sessions and the guards around every call.
+MCP_CALL_TIMEOUT = env.float("MCP_CALL_TIMEOUT", default=30.0)  # seconds, per call
+MCP_CONNECT_TIMEOUT = env.float("MCP_CONNECT_TIMEOUT", default=10.0)  # connect and handshake
+MCP_MAX_CONCURRENT_CALLS = env.int("MCP_MAX_CONCURRENT_CALLS", default=4)  # per configuration and process
+MCP_QUEUE_TIMEOUT = env.float("MCP_QUEUE_TIMEOUT", default=2.0)  # wait for a free slot, then 503 busy
+MCP_READ_ATTEMPTS = env.int("MCP_READ_ATTEMPTS", default=3)  # listing, reading and getting retry
+MCP_BREAKER_FAIL_MAX = env.int("MCP_BREAKER_FAIL_MAX", default=5)
+MCP_BREAKER_RESET_TIMEOUT = env.float("MCP_BREAKER_RESET_TIMEOUT", default=30.0)
+MCP_BREAKER_SYNC_INTERVAL = env.float("MCP_BREAKER_SYNC_INTERVAL", default=1.0)  # local copy of a closed breaker
+MCP_POOL_IDLE_SECONDS = env.float("MCP_POOL_IDLE_SECONDS", default=300.0)
+MCP_STDIO_MAX_PROCESSES_PER_ORGANIZATION = env.int("MCP_STDIO_MAX_PROCESSES_PER_ORGANIZATION", default=4)
+MCP_STDIO_ROOT = env.str("MCP_STDIO_ROOT", default="")  # where stdio servers get their working directories
+MCP_CATALOGUE_TTL = env.int("MCP_CATALOGUE_TTL", default=300)  # seconds a tool catalogue stays cached
+MCP_HEALTH_CHECK_INTERVAL = env.float("MCP_HEALTH_CHECK_INTERVAL", default=300.0)
+MCP_HEALTH_DISABLE_AFTER = env.int("MCP_HEALTH_DISABLE_AFTER", default=5)  # failed checks in a row
+CELERY_BEAT_SCHEDULE["check-mcp-servers"]["schedule"] = MCP_HEALTH_CHECK_INTERVAL
 
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 # Readiness answers 503 when one of these fails; others only make it "degraded".

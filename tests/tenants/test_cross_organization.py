@@ -31,20 +31,36 @@ def an_audit_event(organization):
         return AuditEvent.objects.order_by("id").first().pk
 
 
+def an_mcp_configuration(organization):
+    from mcp.models import MCPConfiguration
+
+    # A loopback URL: refused when dialled (outbound rules), so the owner's own calls answer fast.
+    with scoping.organization_scope(organization):
+        return MCPConfiguration.objects.create(
+            organization=organization, name="target", url="http://127.0.0.1:9/mcp"
+        ).pk
+
+
+MCP_CONFIGURATION_ROUTES = [
+    "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
+    "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
+]  # fmt: skip
 DETAIL_ROUTES = {
     "member-detail": a_member,
     "api-key-detail": an_api_key,
     "audit-event-detail": an_audit_event,
+    **dict.fromkeys(MCP_CONFIGURATION_ROUTES, an_mcp_configuration),
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
     "api-key-list": "/api/v1/api-keys/",
     "audit-event-list": "/api/v1/audit/events/",
+    "mcp-configuration-list": "/api/v1/mcp/configurations/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
 ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export"}
 # Platform operators' routes: global by design, refused to everyone else (tested below).
-OPERATOR_ROUTES = {"organization-list", "organization-detail"}
+OPERATOR_ROUTES = {"organization-list", "organization-detail", "mcp-stdio-template-list", "mcp-stdio-template-detail"}
 
 
 def api_route_names(resolver=None, prefix=""):
@@ -104,7 +120,9 @@ def test_a_missing_object_is_the_same_404_as_a_foreign_one(alice, charlie_api, a
 
 
 @pytest.mark.parametrize("route", sorted(LIST_ROUTES))
-def test_lists_never_show_another_organizations_objects(route, alice, alice_api, charlie, charlie_api, acme):
+def test_lists_never_show_another_organizations_objects(route, alice, alice_api, charlie, charlie_api, acme, globex):
+    an_mcp_configuration(acme)
+    an_mcp_configuration(globex)
     make_key(alice)
     make_member(acme, "zed@acme.test", "admin")
     alice_api.post("/api/v1/api-keys/", {"name": "more"})
@@ -136,10 +154,16 @@ def test_me_verify_and_export_answer_for_the_callers_organization_only(alice_api
 
 @pytest.mark.parametrize("method", ["get", "post", "patch"])
 def test_operator_routes_are_refused_to_everyone_else(method, alice_api, globex):
-    for path in ("/api/v1/organizations/", f"/api/v1/organizations/{globex.pk}/"):
+    from mcp.models import StdioTemplate
+
+    template = StdioTemplate.objects.create(name="operators-only", command="/bin/true")
+    paths = ["/api/v1/organizations/", f"/api/v1/organizations/{globex.pk}/"]
+    paths += ["/api/v1/mcp/stdio-templates/", f"/api/v1/mcp/stdio-templates/{template.pk}/"]
+    for path in paths:
         response = getattr(alice_api, method)(path, {"name": "taken"} if method != "get" else None)
         assert response.status_code in (403, 405)
         if response.status_code == 403:
             assert error_of(response)["code"] == "permission_denied"
     globex.refresh_from_db()
-    assert globex.name == "Globex"
+    template.refresh_from_db()
+    assert globex.name == "Globex" and template.command == "/bin/true"

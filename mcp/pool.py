@@ -1,0 +1,516 @@
+"""The per-process pool of upstream MCP sessions, and the guards around every call.
+
+The pool runs on an event loop of its own, in a daemon thread started on first use in each process
+(after a fork it starts again). Django code, which is synchronous here, hands it a coroutine and
+waits for the answer with a deadline (`call()`); upstream sessions, their HTTP connections and stdio
+processes stay open on that loop between requests, so a call in steady state makes no handshake.
+
+Every call goes through, in order: the configuration's circuit breaker (shared through Redis), its
+concurrency limit (a call that cannot start within MCP_QUEUE_TIMEOUT is refused as busy rather
+than holding a web thread), a deadline, and the pooled session. A session the upstream dropped is
+replaced once, transparently, when the call provably never reached the server (or the call only
+reads); reads also retry transient failures with backoff and jitter. A tool call that may have
+reached the server is never sent twice.
+"""
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import httpcore2
+import httpx2
+from django.conf import settings
+from mcp_types.jsonrpc import CONNECTION_CLOSED
+
+from agentapi import outbound
+from agentapi.resilience import Breaker, BreakerOpen, SharedRedis, retry_async
+from mcp import Client, metrics, stdio
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(Exception):
+    """A call that did not get an answer from the server. `status` and `code` are the API's."""
+
+    status = 502
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status, code = 503, "upstream_unavailable"
+
+
+class UpstreamBusy(UpstreamError):
+    status, code = 503, "upstream_busy"
+
+
+class UpstreamRefused(UpstreamError):
+    """The URL failed the outbound rules when dialled (the name now resolves somewhere private)."""
+
+    status, code = 400, "outbound_url_refused"
+
+
+class UpstreamRejected(UpstreamError):
+    """The server answered with a JSON-RPC error (it is up; the request was wrong for it)."""
+
+    def __init__(self, error: MCPError):
+        super().__init__(str(error.error.message)[:500])
+        self.rpc_code = error.error.code
+        self.status, self.code = (
+            (400, "upstream_rejected") if error.error.code in (-32602, -32601) else (502, "upstream_error")
+        )
+
+
+class _NotSent(Exception):
+    """The session was found closed before the request went out: safe to resend on a new one."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything needed to reach one server as one principal; `key` names its pooled session."""
+
+    configuration_id: int
+    organization_id: int
+    revision: int
+    transport: str
+    url: str = ""
+    headers: tuple = ()
+    stdio: tuple | None = None  # (executable, argv, env)
+
+    @property
+    def fingerprint(self) -> str:
+        material = json.dumps([self.transport, self.url, list(self.headers), self.stdio], sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+    @property
+    def key(self) -> tuple:
+        return (self.configuration_id, self.revision, self.fingerprint)
+
+
+@dataclass
+class _Entry:
+    target: Target
+    client: Client
+    stack: contextlib.AsyncExitStack
+    workdir: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    in_use: int = 0
+    closed: bool = False
+
+
+# Errors that mean the connection or process is gone. Whether the request reached the server is
+# decided separately (_reached).
+_CONNECTION_ERRORS = (
+    httpx2.TransportError,
+    httpcore2.NetworkError,
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    ConnectionError,
+    OSError,
+)
+
+
+def _dropped(exc: BaseException) -> bool:
+    if isinstance(exc, MCPError):
+        return exc.error.code == CONNECTION_CLOSED
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_dropped(e) for e in exc.exceptions)
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def _never_reached(exc: BaseException) -> bool:
+    """True only when the request cannot have been delivered: the connection could not be made,
+    or the session's stream was already closed when the request was written."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_never_reached(e) for e in exc.exceptions)
+    return isinstance(
+        exc,
+        (
+            _NotSent,
+            httpx2.ConnectError,
+            httpcore2.ConnectError,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            ConnectionRefusedError,
+        ),
+    )
+
+
+class _PinnedBackend(httpcore2.AsyncNetworkBackend):
+    """Connects only to the addresses outbound.check_url() approved for the URL's host, so a
+    second DNS answer (rebinding) cannot send the request elsewhere. TLS still verifies the name."""
+
+    def __init__(self, checked: outbound.CheckedURL):
+        self.checked = checked
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        if host.strip("[]").lower() != self.checked.host.strip("[]") or port != self.checked.port:
+            raise httpcore2.ConnectError(f"refused: {host}:{port} is not the checked origin")
+        error = None
+        for address in self.checked.addresses:
+            try:
+                return await self.inner.connect_tcp(str(address), port, timeout=timeout, socket_options=socket_options)
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error or httpcore2.ConnectError("no address to connect to")
+
+    async def sleep(self, seconds):
+        await self.inner.sleep(seconds)
+
+
+def _http_client(checked: outbound.CheckedURL, headers: dict, **kwargs) -> httpx2.AsyncClient:
+    # trust_env=False: an HTTP(S)_PROXY in the environment would carry the request past the pin.
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    # httpx2 has no parameter for the network backend; the pool it builds is replaced by an equal
+    # one that connects through _PinnedBackend.
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=_PinnedBackend(checked)
+    )
+    timeout = httpx2.Timeout(settings.MCP_CALL_TIMEOUT, connect=settings.MCP_CONNECT_TIMEOUT)
+    return httpx2.AsyncClient(
+        transport=transport, headers=headers, timeout=timeout, follow_redirects=False, trust_env=False, **kwargs
+    )
+
+
+class Pool:
+    """Upstream sessions by Target.key, with a breaker and a concurrency limit per configuration."""
+
+    def __init__(self):
+        self.entries: dict[tuple, _Entry] = {}
+        self._connecting: dict[tuple, asyncio.Future] = {}
+        self._limits: dict[int, asyncio.Semaphore] = {}
+        self._breakers: dict[int, Breaker] = {}
+        self.redis = SharedRedis(settings.REDIS_URL)
+        self._reaper = None
+
+    # -- guards -------------------------------------------------------------------------------
+
+    def breaker(self, configuration_id: int) -> Breaker:
+        if configuration_id not in self._breakers:
+            self._breakers[configuration_id] = Breaker(
+                f"mcp:{configuration_id}",
+                self.redis,
+                fail_max=settings.MCP_BREAKER_FAIL_MAX,
+                reset_timeout=settings.MCP_BREAKER_RESET_TIMEOUT,
+                sync_interval=settings.MCP_BREAKER_SYNC_INTERVAL,
+                on_change=metrics.breaker_changed,
+            )
+        return self._breakers[configuration_id]
+
+    def _limit(self, configuration_id: int) -> asyncio.Semaphore:
+        if configuration_id not in self._limits:
+            self._limits[configuration_id] = asyncio.Semaphore(settings.MCP_MAX_CONCURRENT_CALLS)
+        return self._limits[configuration_id]
+
+    async def run(self, target: Target, operation, *, reads: bool, timeout: float):
+        """Await operation(client) against target's pooled session, guarded. Raises UpstreamError."""
+        self._start_reaper()
+        breaker = self.breaker(target.configuration_id)
+        try:
+            await breaker.before_call()
+        except BreakerOpen as exc:
+            raise UpstreamUnavailable(
+                "The server failed repeatedly; calls are paused until it recovers.", retry_after=exc.retry_after
+            ) from None
+        limit = self._limit(target.configuration_id)
+        try:
+            await asyncio.wait_for(limit.acquire(), settings.MCP_QUEUE_TIMEOUT)
+        except TimeoutError:
+            raise UpstreamBusy("The server already has as many calls in flight as allowed.", retry_after=1) from None
+        try:
+            async with asyncio.timeout(timeout):
+                if reads:
+                    result = await retry_async(
+                        lambda: self._attempt(target, operation, reads=True),
+                        attempts=settings.MCP_READ_ATTEMPTS,
+                        retry_on=(UpstreamError,),
+                    )
+                else:
+                    result = await self._attempt(target, operation, reads=False)
+        except TimeoutError:
+            await breaker.failure()
+            raise UpstreamTimeout(f"The server did not answer within {timeout:g} seconds.") from None
+        except UpstreamRejected:
+            await breaker.success()  # it answered: it is up
+            raise
+        except UpstreamRefused:
+            raise
+        except UpstreamError:
+            await breaker.failure()
+            raise
+        finally:
+            limit.release()
+        await breaker.success()
+        return result
+
+    async def _attempt(self, target: Target, operation, *, reads: bool):
+        entry = await self._get(target)
+        try:
+            return await self._use(entry, operation)
+        except MCPError as exc:
+            if not _dropped(exc):
+                raise UpstreamRejected(exc) from None
+            failure = exc
+        except Exception as exc:  # classified below: anything else from a transport is a failure
+            if isinstance(exc, UpstreamError):
+                raise
+            failure = exc
+        await self._discard(entry)
+        if not (reads or _never_reached(failure)):
+            log.warning("mcp call failed after it may have reached the server: %s", type(failure).__name__)
+            raise UpstreamError("The connection to the server failed during the call.") from None
+        # Re-established once: the old session is gone, and the request either only reads or
+        # never went out.
+        metrics.reconnects.labels(str(target.configuration_id)).inc()
+        entry = await self._get(target)
+        try:
+            return await self._use(entry, operation)
+        except MCPError as exc:
+            if not _dropped(exc):
+                raise UpstreamRejected(exc) from None
+            await self._discard(entry)
+            raise UpstreamError("The server closed the connection.") from None
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            await self._discard(entry)
+            raise UpstreamError(f"The connection to the server failed ({type(exc).__name__}).") from None
+
+    async def _use(self, entry: _Entry, operation):
+        if entry.closed:
+            raise _NotSent()
+        entry.in_use += 1
+        try:
+            return await operation(entry.client)
+        finally:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def _get(self, target: Target) -> _Entry:
+        entry = self.entries.get(target.key)
+        if entry is not None and not entry.closed:
+            return entry
+        pending = self._connecting.get(target.key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._connecting[target.key] = future
+        try:
+            entry = await self._connect(target)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it; nobody waiting is fine too
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._connecting[target.key]
+
+    async def _connect(self, target: Target) -> _Entry:
+        # A changed configuration or credential replaces the sessions made for the old one.
+        for key, old in list(self.entries.items()):
+            if key[0] == target.configuration_id and key[1] != target.revision:
+                await self._discard(old)
+        if target.transport == "stdio":
+            await self._make_room_for_process(target.organization_id)
+        stack = contextlib.AsyncExitStack()
+        workdir = None
+        try:
+            transport, workdir = self._transport(target, stack)
+            client = Client(transport, cache=None, read_timeout_seconds=settings.MCP_CALL_TIMEOUT)
+            async with asyncio.timeout(settings.MCP_CONNECT_TIMEOUT):
+                await stack.enter_async_context(client)
+        except outbound.OutboundURLRefused as exc:
+            await _close_quietly(stack, workdir)
+            raise UpstreamRefused(str(exc)) from None
+        except TimeoutError:
+            await _close_quietly(stack, workdir)
+            raise UpstreamTimeout("The server did not complete the MCP handshake in time.") from None
+        except MCPError as exc:
+            await _close_quietly(stack, workdir)
+            raise UpstreamError(f"The server refused the MCP handshake: {str(exc.error.message)[:200]}") from None
+        except Exception as exc:  # any transport failure while connecting
+            await _close_quietly(stack, workdir)
+            raise UpstreamError(f"Could not connect to the server ({_describe(exc)}).") from None
+        metrics.handshakes.labels(str(target.configuration_id)).inc()
+        entry = _Entry(target=target, client=client, stack=stack, workdir=workdir)
+        self.entries[target.key] = entry
+        metrics.pool_size.set(len(self.entries))
+        return entry
+
+    def _transport(self, target: Target, stack):
+        headers = dict(target.headers)
+        if target.transport == "stdio":
+            executable, argv, env = target.stdio
+            workdir = tempfile.mkdtemp(prefix="mcp-stdio-", dir=settings.MCP_STDIO_ROOT or None)
+            env = {"PATH": stdio.BASE_PATH, "HOME": workdir, "LANG": "C.UTF-8", **dict(env)}
+            errlog = stack.enter_context(open(os.devnull, "w"))
+            params = StdioServerParameters(command=executable, args=list(argv), env=env, cwd=workdir)
+            return stdio_client(params, errlog=errlog), workdir
+        checked = outbound.check_url(target.url)  # checked again when dialled, and pinned
+        if target.transport == "sse":
+
+            def factory(headers=None, timeout=None, auth=None):
+                return _http_client(checked, headers or {}, auth=auth)
+
+            return sse_client(target.url, headers=headers, httpx_client_factory=factory), None
+        client = _http_client(checked, headers)
+        stack.push_async_callback(client.aclose)
+        return streamable_http_client(target.url, http_client=client), None
+
+    async def _make_room_for_process(self, organization_id: int) -> None:
+        processes = [
+            e
+            for e in self.entries.values()
+            if e.target.transport == "stdio" and e.target.organization_id == organization_id
+        ]
+        if len(processes) < settings.MCP_STDIO_MAX_PROCESSES_PER_ORGANIZATION:
+            return
+        idle = sorted((e for e in processes if e.in_use == 0), key=lambda e: e.last_used)
+        if not idle:
+            raise UpstreamBusy("The organization runs as many stdio servers as it may.", retry_after=1)
+        await self._discard(idle[0])
+
+    async def _discard(self, entry: _Entry) -> None:
+        if entry.closed:
+            return
+        entry.closed = True
+        if self.entries.get(entry.target.key) is entry:
+            del self.entries[entry.target.key]
+        metrics.pool_size.set(len(self.entries))
+        await _close_quietly(entry.stack, entry.workdir)
+
+    async def close_idle(self, max_idle: float) -> int:
+        now = time.monotonic()
+        idle = [e for e in self.entries.values() if e.in_use == 0 and now - e.last_used > max_idle]
+        for entry in idle:
+            await self._discard(entry)
+        return len(idle)
+
+    async def close_all(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for entry in list(self.entries.values()):
+            await self._discard(entry)
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        interval = max(0.5, min(30.0, settings.MCP_POOL_IDLE_SECONDS / 2))
+        while True:
+            await asyncio.sleep(interval)
+            await self.close_idle(settings.MCP_POOL_IDLE_SECONDS)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return ", ".join(sorted({_describe(e) for e in exc.exceptions}))
+    if isinstance(exc, FileNotFoundError):
+        return "command not found"
+    return type(exc).__name__
+
+
+async def _close_quietly(stack: contextlib.AsyncExitStack, workdir: str | None) -> None:
+    try:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(10):
+                await stack.aclose()
+    except BaseException as exc:  # closing a broken session must not mask the caller's error
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.debug("closing an mcp session failed: %s", type(exc).__name__)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the loop thread ---------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_runtime: tuple | None = None  # (pid, loop, pool)
+
+
+def _runtime_for_process():
+    global _runtime
+    with _lock:
+        if _runtime is None or _runtime[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def run():
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+
+            threading.Thread(target=run, name="mcp-pool", daemon=True).start()
+            started.wait()
+            pool = asyncio.run_coroutine_threadsafe(_make_pool(), loop).result()
+            _runtime = (os.getpid(), loop, pool)
+        return _runtime
+
+
+async def _make_pool() -> Pool:
+    return Pool()
+
+
+def submit(coroutine_function, *args, timeout: float):
+    """Run coroutine_function(pool, *args) on the pool's loop; wait at most `timeout` seconds."""
+    _, loop, pool = _runtime_for_process()
+    future = asyncio.run_coroutine_threadsafe(coroutine_function(pool, *args), loop)
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise UpstreamTimeout(f"The server did not answer within {timeout:g} seconds.") from None
+
+
+def call(target: Target, operation, *, reads: bool, timeout: float | None = None):
+    """Run operation(client) against the target, guarded (see Pool.run). Raises UpstreamError."""
+    timeout = timeout or settings.MCP_CALL_TIMEOUT
+
+    async def run(pool):
+        return await pool.run(target, operation, reads=reads, timeout=timeout)
+
+    # The loop enforces the deadline; the margin covers the breaker and queue checks around it.
+    return submit(run, timeout=timeout + settings.MCP_QUEUE_TIMEOUT + 5)
+
+
+def shutdown() -> None:
+    """Close every pooled session (tests, and a worker that is stopping)."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is None or runtime[0] != os.getpid():
+        return
+    _, loop, pool = runtime
+    asyncio.run_coroutine_threadsafe(pool.close_all(), loop).result(30)
+    asyncio.run_coroutine_threadsafe(pool.redis.close(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)

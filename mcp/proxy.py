@@ -1,0 +1,197 @@
+"""Calls made on a caller's behalf to a configuration's server: tools, resources, prompts, tests.
+
+Each function checks what the platform allows (the configuration is enabled, the tool is allowed
+and not withheld), calls through the pool, audits the call (configuration, tool, outcome,
+duration, request id; never argument values) in a transaction of its own, so a failed call is
+recorded too, and measures it. Results pass MCP content blocks through as the server sent them.
+"""
+
+import time
+
+from django.db import transaction
+
+from agentapi.errors import APIError
+from audit.services import audit_record
+from mcp import catalogue, metrics, pool
+from mcp.credentials import target_for
+from mcp.models import MCPConfiguration
+
+
+def _dump(result) -> dict:
+    return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _require_enabled(configuration: MCPConfiguration) -> None:
+    if not configuration.enabled:
+        raise APIError(
+            "configuration_disabled",
+            "This server is disabled"
+            + (f" after failed health checks: {configuration.last_error}" if configuration.last_error else "."),
+            status=409,
+        )
+
+
+def _upstream_error(exc: pool.UpstreamError) -> APIError:
+    return APIError(exc.code, str(exc), status=exc.status, retry_after=exc.retry_after)
+
+
+def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_action=None, audit_details=None):
+    """Call through the pool; audit (when audit_action) and measure; translate failures."""
+    target = target_for(configuration, user_id)
+    started = time.perf_counter()
+    outcome, error = "success", None
+    try:
+        return pool.call(target, operation, reads=reads)
+    except pool.UpstreamError as exc:
+        outcome, error = "failure", exc
+        raise _upstream_error(exc) from None
+    finally:
+        duration = time.perf_counter() - started
+        label = str(configuration.pk)
+        metrics.calls.labels(label, method, outcome).inc()
+        metrics.latency.labels(label, method, outcome).observe(duration)
+        if audit_action:
+            details = {**(audit_details or {}), "duration_ms": round(duration * 1000, 1)}
+            if error is not None:
+                details["error"] = error.code
+            with transaction.atomic():
+                audit_record(audit_action, target=configuration, outcome=outcome, details=details)
+
+
+def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
+    _require_enabled(configuration)
+    if not configuration.tool_allowed(name):
+        raise APIError("tool_not_allowed", f"The tool {name!r} is not allowed on this server.", status=403)
+    if catalogue.withheld(configuration, name):
+        raise APIError(
+            "tool_pending_approval",
+            f"The tool {name!r} changed its definition and waits for an admin's approval.",
+            status=409,
+        )
+    started = time.perf_counter()
+    details = {"tool": name}
+
+    async def operation(client):
+        return await client.call_tool(name, arguments)
+
+    result = _run(
+        configuration,
+        user_id,
+        "tools/call",
+        operation,
+        reads=False,
+        audit_action="mcp.tool.call",
+        audit_details=details,
+    )
+    body = _dump(result)
+    return {
+        "content": body.get("content", []),
+        "structured_content": body.get("structuredContent"),
+        "is_error": bool(body.get("isError", False)),
+        "configuration": configuration.pk,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def list_tools(*, configuration: MCPConfiguration, user_id: int, refresh: bool = False) -> list[dict]:
+    _require_enabled(configuration)
+    return catalogue.tools(configuration, user_id, refresh=refresh)
+
+
+def fetch_tools(configuration: MCPConfiguration, user_id: int) -> list[dict]:
+    """Every tool the server lists (all pages), as MCP Tool objects in JSON."""
+
+    async def operation(client):
+        tools, cursor = [], None
+        for _ in range(100):  # a server that pages forever cannot hang the call
+            page = await client.list_tools(cursor=cursor)
+            tools += [_dump(tool) for tool in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    return _run(configuration, user_id, "tools/list", operation, reads=True)
+
+
+def list_resources(*, configuration: MCPConfiguration, user_id: int) -> list[dict]:
+    _require_enabled(configuration)
+
+    async def operation(client):
+        return [_dump(resource) for resource in (await client.list_resources()).resources]
+
+    return _run(configuration, user_id, "resources/list", operation, reads=True)
+
+
+def read_resource(*, configuration: MCPConfiguration, user_id: int, uri: str) -> dict:
+    _require_enabled(configuration)
+
+    async def operation(client):
+        return _dump(await client.read_resource(uri))
+
+    body = _run(
+        configuration,
+        user_id,
+        "resources/read",
+        operation,
+        reads=True,
+        audit_action="mcp.resource.read",
+        audit_details={},
+    )
+    return {"contents": body.get("contents", []), "configuration": configuration.pk}
+
+
+def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]:
+    _require_enabled(configuration)
+
+    async def operation(client):
+        return [_dump(prompt) for prompt in (await client.list_prompts()).prompts]
+
+    return _run(configuration, user_id, "prompts/list", operation, reads=True)
+
+
+def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
+    _require_enabled(configuration)
+
+    async def operation(client):
+        return _dump(await client.get_prompt(name, arguments))
+
+    body = _run(
+        configuration,
+        user_id,
+        "prompts/get",
+        operation,
+        reads=True,
+        audit_action="mcp.prompt.get",
+        audit_details={"prompt": name},
+    )
+    return {
+        "description": body.get("description"),
+        "messages": body.get("messages", []),
+        "configuration": configuration.pk,
+    }
+
+
+def test_connection(*, configuration: MCPConfiguration, user_id: int) -> dict:
+    """Connect as the caller and list tools, bypassing the cache: ok, latency, tool count, server."""
+    started = time.perf_counter()
+
+    async def operation(client):
+        tools = await client.list_tools()
+        info = client.server_info
+        return len(tools.tools), (_dump(info) if info else None), client.protocol_version
+
+    try:
+        count, info, version = _run(configuration, user_id, "test", operation, reads=False)
+    except APIError as exc:
+        if exc.status_code >= 500 or exc.error_code == "outbound_url_refused":
+            error = {"code": exc.error_code, "message": str(exc.detail)}
+            return {"ok": False, "latency_ms": round((time.perf_counter() - started) * 1000, 1), "error": error}
+        raise
+    return {
+        "ok": True,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        "tool_count": count,
+        "server_info": info,
+        "protocol_version": version,
+    }

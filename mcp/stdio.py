@@ -1,0 +1,116 @@
+"""stdio MCP servers: what a template and a tenant's arguments may contain, and the command line.
+
+A tenant never chooses a command line. An operator's StdioTemplate fixes the command, its leading
+arguments and fixed environment; a tenant fills in only the options and variables the template
+names. Variables that make an interpreter or the dynamic linker load code are refused everywhere,
+templates included. The process starts without a shell, through prlimit (util-linux) so that its
+memory, CPU time and open files are capped from its first instruction, with an environment built
+from nothing but a minimal PATH/HOME and what the template and tenant set, in a working directory
+of its own.
+"""
+
+import re
+import shutil
+
+from agentapi.errors import APIError
+
+# Exact names and prefixes of variables that inject code into a process or its interpreter.
+DENIED_ENV = {
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_DEBUG", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
+    "PYTHONINSPECT", "PYTHONUSERBASE", "PYTHONEXECUTABLE", "PYTHONWARNINGS", "PYTHONBREAKPOINT",
+    "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE", "PERL5OPT", "PERL5LIB", "PERLLIB",
+    "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH",
+    "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS", "GCONV_PATH",
+    "MALLOC_CHECK_", "GLIBC_TUNABLES", "PATH", "HOME", "DOTNET_STARTUP_HOOKS", "GIT_SSH_COMMAND",
+    "GIT_EXEC_PATH", "GIT_CONFIG_GLOBAL", "UV_PYTHON", "NPM_CONFIG_NODE_OPTIONS",
+}  # fmt: skip
+DENIED_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "NODE_", "BASH_FUNC_", "GIT_CONFIG_", "NPM_CONFIG_")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+_OPTION = re.compile(r"^--?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAX_VALUE = 1000
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def env_name_denied(name: str) -> bool:
+    upper = name.upper()
+    return upper in DENIED_ENV or upper.startswith(DENIED_ENV_PREFIXES)
+
+
+def _value_problem(value) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value) > _MAX_VALUE:
+        return f"must be at most {_MAX_VALUE} characters"
+    if "\x00" in value or "\n" in value or "\r" in value:
+        return "must not contain NUL or line breaks"
+    return None
+
+
+def template_problems(*, command, arguments, allowed_arguments, allowed_env, env) -> dict:
+    """What is wrong with an operator's template, by field (empty when nothing is)."""
+    problems = {}
+    if not isinstance(command, str) or not command or _value_problem(command) or command.startswith("-"):
+        problems["command"] = ["Give the executable as a path or a name on PATH."]
+    if not isinstance(arguments, list) or any(_value_problem(a) for a in arguments):
+        problems["arguments"] = ["A list of strings without NUL or line breaks."]
+    if not isinstance(allowed_arguments, list) or not all(
+        isinstance(o, str) and _OPTION.match(o) for o in allowed_arguments
+    ):
+        problems["allowed_arguments"] = ["A list of option names such as --timezone."]
+    if not isinstance(allowed_env, list) or not all(isinstance(n, str) and _ENV_NAME.match(n) for n in allowed_env):
+        problems["allowed_env"] = ["A list of upper-case variable names."]
+    elif denied := sorted(n for n in allowed_env if env_name_denied(n)):
+        problems["allowed_env"] = [f"These variables can inject code and are never allowed: {', '.join(denied)}."]
+    if not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) for k in env):
+        problems["env"] = ["An object of upper-case variable names to string values."]
+    elif denied := sorted(n for n in env if env_name_denied(n)):
+        problems["env"] = [f"These variables can inject code and are never allowed: {', '.join(denied)}."]
+    elif any(_value_problem(v) for v in env.values()):
+        problems["env"] = ["Values must be strings without NUL or line breaks."]
+    return problems
+
+
+def validate_arguments(template, stdio_arguments) -> dict:
+    """The tenant's `{"arguments": {option: value}, "env": {NAME: value}}`, checked against the
+    template. Raises APIError (400) naming what is not allowed."""
+    if not isinstance(stdio_arguments, dict) or set(stdio_arguments) - {"arguments", "env"}:
+        raise _invalid('An object with "arguments" (option to value) and "env" (variable to value).')
+    arguments = stdio_arguments.get("arguments") or {}
+    env = stdio_arguments.get("env") or {}
+    if not isinstance(arguments, dict) or not isinstance(env, dict):
+        raise _invalid('"arguments" and "env" are objects.')
+    for option, value in arguments.items():
+        if option not in template.allowed_arguments:
+            raise _invalid(f"The template does not let you set {option!r}; allowed: {template.allowed_arguments}.")
+        if problem := _value_problem(value):
+            raise _invalid(f"The value of {option!r} {problem}.")
+    for name, value in env.items():
+        if env_name_denied(name):
+            raise _invalid(f"{name!r} can inject code into the server process and is never allowed.")
+        if name not in template.allowed_env:
+            raise _invalid(f"The template does not let you set {name!r}; allowed: {template.allowed_env}.")
+        if problem := _value_problem(value):
+            raise _invalid(f"The value of {name!r} {problem}.")
+    return {"arguments": dict(arguments), "env": dict(env)}
+
+
+def _invalid(message: str) -> APIError:
+    return APIError("invalid", message, status=400, details={"stdio_arguments": [message]})
+
+
+def command_line(template, stdio_arguments: dict) -> tuple[str, list[str], dict]:
+    """(executable, argv after it, environment) for a process started without a shell."""
+    command = shutil.which(template.command, path=BASE_PATH) if "/" not in template.command else template.command
+    if command is None:
+        raise FileNotFoundError(f"stdio template {template.name}: command not found")
+    argv = [str(a) for a in template.arguments]
+    for option, value in (stdio_arguments.get("arguments") or {}).items():
+        argv += [option, value]
+    limits = [
+        f"--as={template.memory_limit_mb * 1024 * 1024}",
+        f"--cpu={template.cpu_limit_seconds}",
+        f"--nofile={template.open_files_limit}",
+    ]
+    prlimit = shutil.which("prlimit", path=BASE_PATH) or "/usr/bin/prlimit"
+    env = {**template.env, **(stdio_arguments.get("env") or {})}
+    return prlimit, [*limits, "--", command, *argv], env
