@@ -153,7 +153,7 @@ def mcp_configuration_update(*, configuration: MCPConfiguration, principal, **ch
     _store_secrets(configuration, secrets)
     if changed & _REACH_FIELDS:
         configuration.revision += 1
-    if changes.get("enabled") is True and configuration.status == Status.DISABLED:
+    if "enabled" in changed and configuration.enabled and configuration.status == Status.DISABLED:
         configuration.status, configuration.consecutive_failures, configuration.last_error = Status.UNKNOWN, 0, ""
     configuration.save()
     audit_record("mcp.configuration.update", target=configuration, details={"changed": sorted(changed)})
@@ -166,6 +166,47 @@ def mcp_configuration_delete(*, configuration: MCPConfiguration, principal) -> N
         raise APIError("permission_denied", "Only owners and admins remove shared servers.", status=403)
     audit_record("mcp.configuration.delete", target=configuration, details={"name": configuration.name})
     configuration.delete()
+
+
+@transaction.atomic
+def mcp_configuration_save(*, configuration: MCPConfiguration, changed: set, secrets: dict) -> MCPConfiguration:
+    """Save a configuration edited elsewhere (the admin's form): the same checks, encryption,
+    revision and audit as the API's writes. Raises APIError."""
+    created = configuration.pk is None
+    _validate(configuration, secrets)
+    _store_secrets(configuration, secrets)
+    changed = set(changed) | set(secrets)
+    if not created and changed & _REACH_FIELDS:
+        configuration.revision += 1
+    if "enabled" in changed and configuration.enabled and configuration.status == Status.DISABLED:
+        configuration.status, configuration.consecutive_failures, configuration.last_error = Status.UNKNOWN, 0, ""
+    configuration.save()
+    if created:
+        audit_record(
+            "mcp.configuration.create",
+            target=configuration,
+            details={
+                "name": configuration.name,
+                "transport": configuration.transport,
+                "shared": configuration.owner_id is None,
+            },
+        )
+    elif changed:
+        audit_record("mcp.configuration.update", target=configuration, details={"changed": sorted(changed)})
+    return configuration
+
+
+@transaction.atomic
+def mcp_configuration_enable(*, configuration: MCPConfiguration) -> MCPConfiguration:
+    """Enable a configuration again (after the health check disabled it)."""
+    configuration = MCPConfiguration.objects.select_for_update().get(pk=configuration.pk)
+    if configuration.enabled:
+        return configuration
+    configuration.enabled, configuration.consecutive_failures, configuration.last_error = True, 0, ""
+    configuration.status = Status.UNKNOWN
+    configuration.save(update_fields=["enabled", "consecutive_failures", "last_error", "status", "updated_at"])
+    audit_record("mcp.configuration.enable", target=configuration, details={})
+    return configuration
 
 
 @transaction.atomic

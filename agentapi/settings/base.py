@@ -271,8 +271,9 @@ MCP_HEALTH_DISABLE_AFTER = env.int("MCP_HEALTH_DISABLE_AFTER", default=5)  # fai
 CELERY_BEAT_SCHEDULE["check-mcp-servers"]["schedule"] = MCP_HEALTH_CHECK_INTERVAL
 
 PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
-# Readiness answers 503 when one of these fails; others only make it "degraded".
-READINESS_REQUIRED = env.list("READINESS_REQUIRED", default=["database", "redis", "broker"])
+# Readiness answers 503 when one of these fails; others only make it "degraded". Without Redis the
+# platform goes on (local breakers, no shared cache), so by default only the database is required.
+READINESS_REQUIRED = env.list("READINESS_REQUIRED", default=["database"])
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
