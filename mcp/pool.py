@@ -111,13 +111,18 @@ class Target:
 
 @dataclass
 class _Entry:
+    """One upstream session. It lives in a task of its own (`task`), which entered the MCP client and
+    its transport and holds them until `closing` is set: when the transport fails, that task ends,
+    not the call that happened to be using it."""
+
     target: Target
-    client: Client
-    stack: contextlib.AsyncExitStack
-    workdir: str | None = None
+    client: Client | None = None
+    task: asyncio.Task | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0
     closed: bool = False
+    ended_by: BaseException | None = None  # what ended the session task, when it failed
 
 
 # Errors that mean the connection or process is gone. Whether the request reached the server is
@@ -279,9 +284,15 @@ class Pool:
             if isinstance(exc, UpstreamError):
                 raise
             failure = exc
+        if _dropped(failure) and entry.task is not None:
+            # "Connection closed" says only that the session ended; what ended it tells whether
+            # this request can have been delivered (a failed connect means it was not).
+            await asyncio.wait({entry.task}, timeout=1)
+            if entry.ended_by is not None and _never_reached(entry.ended_by):
+                failure = entry.ended_by
         await self._discard(entry)
         if not (reads or _never_reached(failure)):
-            log.warning("mcp call failed after it may have reached the server: %s", type(failure).__name__)
+            log.warning("mcp call failed after it may have reached the server: %s", _describe(failure))
             raise UpstreamError("The connection to the server failed during the call.") from None
         # Re-established once: the old session is gone, and the request either only reads or
         # never went out.
@@ -340,30 +351,49 @@ class Pool:
                 await self._discard(old)
         if target.transport == "stdio":
             await self._make_room_for_process(target.organization_id)
-        stack = contextlib.AsyncExitStack()
-        workdir = None
+        entry = _Entry(target=target)
+        ready = asyncio.get_running_loop().create_future()
+        entry.task = asyncio.get_running_loop().create_task(self._hold(entry, ready))
         try:
-            transport, workdir = self._transport(target, stack)
-            client = Client(transport, cache=None, read_timeout_seconds=settings.MCP_CALL_TIMEOUT)
             async with asyncio.timeout(settings.MCP_CONNECT_TIMEOUT):
-                await stack.enter_async_context(client)
-        except outbound.OutboundURLRefused as exc:
-            await _close_quietly(stack, workdir)
-            raise UpstreamRefused(str(exc)) from None
+                entry.client = await asyncio.shield(ready)
         except TimeoutError:
-            await _close_quietly(stack, workdir)
+            await self._discard(entry)
             raise UpstreamTimeout("The server did not complete the MCP handshake in time.") from None
+        except outbound.OutboundURLRefused as exc:
+            raise UpstreamRefused(str(exc)) from None
         except MCPError as exc:
-            await _close_quietly(stack, workdir)
             raise UpstreamError(f"The server refused the MCP handshake: {str(exc.error.message)[:200]}") from None
         except Exception as exc:  # any transport failure while connecting
-            await _close_quietly(stack, workdir)
             raise UpstreamError(f"Could not connect to the server ({_describe(exc)}).") from None
         metrics.handshakes.labels(str(target.configuration_id)).inc()
-        entry = _Entry(target=target, client=client, stack=stack, workdir=workdir)
         self.entries[target.key] = entry
         metrics.pool_size.set(len(self.entries))
         return entry
+
+    async def _hold(self, entry: _Entry, ready: asyncio.Future) -> None:
+        """The session's own task: connect, hand the client over, hold it until told to close."""
+        workdir = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                transport, workdir = self._transport(entry.target, stack)
+                client = Client(transport, cache=None, read_timeout_seconds=settings.MCP_CALL_TIMEOUT)
+                await stack.enter_async_context(client)
+                ready.set_result(client)
+                await entry.closing.wait()
+        except BaseException as exc:  # the session ended: report it to a waiting connect, else log
+            entry.ended_by = exc
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else UpstreamError("The connection was closed."))
+            elif not isinstance(exc, asyncio.CancelledError):
+                log.info("mcp session ended: %s", _describe(exc))
+        finally:
+            entry.closed = True
+            if self.entries.get(entry.target.key) is entry:
+                del self.entries[entry.target.key]
+                metrics.pool_size.set(len(self.entries))
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
 
     def _transport(self, target: Target, stack):
         headers = dict(target.headers)
@@ -399,13 +429,17 @@ class Pool:
         await self._discard(idle[0])
 
     async def _discard(self, entry: _Entry) -> None:
-        if entry.closed:
-            return
+        """Close a session and wait (bounded) until its transport and process are gone."""
         entry.closed = True
         if self.entries.get(entry.target.key) is entry:
             del self.entries[entry.target.key]
-        metrics.pool_size.set(len(self.entries))
-        await _close_quietly(entry.stack, entry.workdir)
+            metrics.pool_size.set(len(self.entries))
+        entry.closing.set()
+        if entry.task is not None and not entry.task.done():
+            done, _ = await asyncio.wait({entry.task}, timeout=15)
+            if not done:
+                entry.task.cancel()
+                await asyncio.wait({entry.task}, timeout=5)
 
     async def close_idle(self, max_idle: float) -> int:
         now = time.monotonic()
@@ -437,19 +471,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "command not found"
     return type(exc).__name__
-
-
-async def _close_quietly(stack: contextlib.AsyncExitStack, workdir: str | None) -> None:
-    try:
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(10):
-                await stack.aclose()
-    except BaseException as exc:  # closing a broken session must not mask the caller's error
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        log.debug("closing an mcp session failed: %s", type(exc).__name__)
-    if workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- the loop thread ---------------------------------------------------------------------------

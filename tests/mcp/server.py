@@ -83,6 +83,12 @@ def environment(name: str) -> str:
 
 
 @server.tool
+def pid() -> int:
+    """The server's process id."""
+    return os.getpid()
+
+
+@server.tool
 def where() -> str:
     """The server's working directory."""
     return os.getcwd()
@@ -184,7 +190,9 @@ def main():
     import uvicorn
 
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", options.port or 0))
+    sock.listen(128)  # connections queue from now on: the port is usable once printed
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     app = counting(server.http_app(path="/mcp"), options.token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
