@@ -209,6 +209,7 @@ class Pool:
         self._connecting: dict[tuple, asyncio.Future] = {}
         self._limits: dict[int, asyncio.Semaphore] = {}
         self._breakers: dict[int, Breaker] = {}
+        self._starting: list[_Entry] = []  # sessions between spawn and handshake (they count too)
         self.redis = SharedRedis(settings.REDIS_URL)
         self._reaper = None
 
@@ -351,9 +352,10 @@ class Pool:
                 await self._discard(old)
         if target.transport == "stdio":
             await self._make_room_for_process(target.organization_id)
-        entry = _Entry(target=target)
+        entry = _Entry(target=target, in_use=1)
         ready = asyncio.get_running_loop().create_future()
         entry.task = asyncio.get_running_loop().create_task(self._hold(entry, ready))
+        self._starting.append(entry)
         try:
             async with asyncio.timeout(settings.MCP_CONNECT_TIMEOUT):
                 entry.client = await asyncio.shield(ready)
@@ -366,6 +368,9 @@ class Pool:
             raise UpstreamError(f"The server refused the MCP handshake: {str(exc.error.message)[:200]}") from None
         except Exception as exc:  # any transport failure while connecting
             raise UpstreamError(f"Could not connect to the server ({_describe(exc)}).") from None
+        finally:
+            self._starting.remove(entry)
+            entry.in_use -= 1
         metrics.handshakes.labels(str(target.configuration_id)).inc()
         self.entries[target.key] = entry
         metrics.pool_size.set(len(self.entries))
@@ -418,7 +423,7 @@ class Pool:
     async def _make_room_for_process(self, organization_id: int) -> None:
         processes = [
             e
-            for e in self.entries.values()
+            for e in [*self.entries.values(), *self._starting]
             if e.target.transport == "stdio" and e.target.organization_id == organization_id
         ]
         if len(processes) < settings.MCP_STDIO_MAX_PROCESSES_PER_ORGANIZATION:

@@ -9,6 +9,7 @@ from nothing but a minimal PATH/HOME and what the template and tenant set, in a 
 of its own.
 """
 
+import os
 import re
 import shutil
 
@@ -101,7 +102,7 @@ def _invalid(message: str) -> APIError:
 def command_line(template, stdio_arguments: dict) -> tuple[str, list[str], dict]:
     """(executable, argv after it, environment) for a process started without a shell."""
     command = shutil.which(template.command, path=BASE_PATH) if "/" not in template.command else template.command
-    if command is None:
+    if command is None or not os.access(command, os.X_OK):
         raise FileNotFoundError(f"stdio template {template.name}: command not found")
     argv = [str(a) for a in template.arguments]
     for option, value in (stdio_arguments.get("arguments") or {}).items():
