@@ -101,6 +101,7 @@ def pin(configuration: MCPConfiguration, listed: list[dict]) -> None:
         audit_record(
             "mcp.tool.change",
             target=configuration,
+            organization_id=configuration.organization_id,
             outcome="denied" if withhold else "success",
             details={"tool": tool["name"], "previous_hash": previous, "hash": digest, "withheld": withhold},
         )
@@ -121,6 +122,7 @@ def approve(configuration: MCPConfiguration, name: str) -> ToolPin:
     audit_record(
         "mcp.tool.approve",
         target=configuration,
+        organization_id=configuration.organization_id,
         details={"tool": name, "previous_hash": previous, "hash": current.definition_hash},
     )
     return current

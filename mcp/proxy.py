@@ -55,7 +55,13 @@ def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_a
             if error is not None:
                 details["error"] = error.code
             with transaction.atomic():
-                audit_record(audit_action, target=configuration, outcome=outcome, details=details)
+                audit_record(
+                    audit_action,
+                    target=configuration,
+                    organization_id=configuration.organization_id,
+                    outcome=outcome,
+                    details=details,
+                )
 
 
 def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:

@@ -124,6 +124,7 @@ def mcp_configuration_create(*, organization, principal, shared: bool, bearer_to
     audit_record(
         "mcp.configuration.create",
         target=configuration,
+        organization_id=configuration.organization_id,
         details={"name": configuration.name, "transport": configuration.transport, "shared": shared},
     )
     return configuration
@@ -156,7 +157,12 @@ def mcp_configuration_update(*, configuration: MCPConfiguration, principal, **ch
     if "enabled" in changed and configuration.enabled and configuration.status == Status.DISABLED:
         configuration.status, configuration.consecutive_failures, configuration.last_error = Status.UNKNOWN, 0, ""
     configuration.save()
-    audit_record("mcp.configuration.update", target=configuration, details={"changed": sorted(changed)})
+    audit_record(
+        "mcp.configuration.update",
+        target=configuration,
+        organization_id=configuration.organization_id,
+        details={"changed": sorted(changed)},
+    )
     return configuration
 
 
@@ -164,7 +170,12 @@ def mcp_configuration_update(*, configuration: MCPConfiguration, principal, **ch
 def mcp_configuration_delete(*, configuration: MCPConfiguration, principal) -> None:
     if not configuration_writable_by(configuration, principal):
         raise APIError("permission_denied", "Only owners and admins remove shared servers.", status=403)
-    audit_record("mcp.configuration.delete", target=configuration, details={"name": configuration.name})
+    audit_record(
+        "mcp.configuration.delete",
+        target=configuration,
+        organization_id=configuration.organization_id,
+        details={"name": configuration.name},
+    )
     configuration.delete()
 
 
@@ -185,6 +196,7 @@ def mcp_configuration_save(*, configuration: MCPConfiguration, changed: set, sec
         audit_record(
             "mcp.configuration.create",
             target=configuration,
+            organization_id=configuration.organization_id,
             details={
                 "name": configuration.name,
                 "transport": configuration.transport,
@@ -192,7 +204,12 @@ def mcp_configuration_save(*, configuration: MCPConfiguration, changed: set, sec
             },
         )
     elif changed:
-        audit_record("mcp.configuration.update", target=configuration, details={"changed": sorted(changed)})
+        audit_record(
+            "mcp.configuration.update",
+            target=configuration,
+            organization_id=configuration.organization_id,
+            details={"changed": sorted(changed)},
+        )
     return configuration
 
 
@@ -205,7 +222,9 @@ def mcp_configuration_enable(*, configuration: MCPConfiguration) -> MCPConfigura
     configuration.enabled, configuration.consecutive_failures, configuration.last_error = True, 0, ""
     configuration.status = Status.UNKNOWN
     configuration.save(update_fields=["enabled", "consecutive_failures", "last_error", "status", "updated_at"])
-    audit_record("mcp.configuration.enable", target=configuration, details={})
+    audit_record(
+        "mcp.configuration.enable", target=configuration, organization_id=configuration.organization_id, details={}
+    )
     return configuration
 
 
@@ -228,6 +247,7 @@ def mcp_configuration_record_check(*, configuration: MCPConfiguration, ok: bool,
             audit_record(
                 "mcp.configuration.disable",
                 target=configuration,
+                organization_id=configuration.organization_id,
                 outcome="failure",
                 details={"reason": "health_check_failures", "failures": configuration.consecutive_failures},
             )

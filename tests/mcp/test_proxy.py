@@ -127,3 +127,15 @@ def test_every_call_is_audited_without_its_arguments(alice_api, http_server, acm
     assert event.outcome == "success" and event.details["tool"] == "echo"
     assert event.target_id == str(configuration["id"])
     assert "top secret" not in str(event.details)
+
+
+def test_calls_are_measured_by_configuration_and_outcome(alice_api, http_server, client):
+    configuration = configure(alice_api, url=http_server.url)
+    call(alice_api, configuration, "echo", {"text": "counted"})
+    call(alice_api, configuration, "fail")
+    metrics = client.get("/metrics").content.decode()
+    label = f'configuration="{configuration["id"]}",method="tools/call",outcome="success"'
+    assert f"agentapi_mcp_calls_total{{{label}}} 2.0" in metrics
+    assert f"agentapi_mcp_call_duration_seconds_count{{{label}}} 2.0" in metrics
+    assert f'agentapi_mcp_handshakes_total{{configuration="{configuration["id"]}"}} 1.0' in metrics
+    assert "agentapi_mcp_pool_sessions 1.0" in metrics
