@@ -87,7 +87,9 @@ class MCPConfigurationAdmin(TenantScopedAdmin):
     def delete_model(self, request, obj):
         from audit.services import audit_record
 
-        audit_record("mcp.configuration.delete", target=obj, organization_id=obj.organization_id, details={"name": obj.name})
+        audit_record(
+            "mcp.configuration.delete", target=obj, organization_id=obj.organization_id, details={"name": obj.name}
+        )
         obj.delete()
 
     @admin.action(description="Enable the selected configurations (after failed health checks)")

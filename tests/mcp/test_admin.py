@@ -25,7 +25,9 @@ def test_a_token_entered_in_the_admin_is_encrypted_and_never_shown(operator, acm
     with scoping.organization_scope(acme):
         row = MCPConfiguration.objects.get(name="from admin")
         assert AuditEvent.objects.filter(action="mcp.configuration.create").exists()
-    assert row.bearer_token_encrypted.startswith("v1:") and row.credential_headers() == {"Authorization": f"Bearer {TOKEN}"}
+    assert row.bearer_token_encrypted.startswith("v1:") and row.credential_headers() == {
+        "Authorization": f"Bearer {TOKEN}"
+    }
     for page in (f"/admin/mcp/mcpconfiguration/{row.pk}/change/", "/admin/mcp/mcpconfiguration/"):
         html = client.get(page).content.decode()
         assert TOKEN not in html and row.bearer_token_encrypted not in html
@@ -58,10 +60,17 @@ def test_stdio_templates_are_for_operators_only(operator, alice, acme):
 def test_an_admin_enables_a_disabled_configuration_and_it_is_audited(operator, acme):
     with scoping.organization_scope(acme):
         row = MCPConfiguration.objects.create(
-            organization=acme, name="down", url="https://mcp.example.com/mcp", enabled=False, status=Status.DISABLED, consecutive_failures=5
+            organization=acme,
+            name="down",
+            url="https://mcp.example.com/mcp",
+            enabled=False,
+            status=Status.DISABLED,
+            consecutive_failures=5,
         )
     client = signed_in("operator@platform.test")
-    response = client.post("/admin/mcp/mcpconfiguration/", {"action": "enable_configurations", "_selected_action": [row.pk]})
+    response = client.post(
+        "/admin/mcp/mcpconfiguration/", {"action": "enable_configurations", "_selected_action": [row.pk]}
+    )
     assert response.status_code == 302
     with scoping.organization_scope(acme):
         row.refresh_from_db()

@@ -30,7 +30,9 @@ def test_a_run_of_failures_disables_the_configuration_until_an_admin_enables_it(
     body = alice_api.get(f"/api/v1/mcp/configurations/{configuration['id']}/").json()
     assert body["enabled"] is False and body["status"] == "disabled"
     assert body["consecutive_failures"] == 5 and body["last_error"].startswith("upstream_error")
-    refused = alice_api.post(f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/", {"name": "echo", "arguments": {}})
+    refused = alice_api.post(
+        f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/", {"name": "echo", "arguments": {}}
+    )
     assert refused.status_code == 409 and error_of(refused)["code"] == "configuration_disabled"
     with scoping.organization_scope(acme):
         disabled = AuditEvent.objects.get(action="mcp.configuration.disable")
