@@ -10,11 +10,20 @@ import time
 
 from django.db import transaction
 
+from agentapi import context as request_context
 from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import catalogue, metrics, pool
 from mcp.credentials import target_for
 from mcp.models import MCPConfiguration
+
+REQUEST_ID_META = "io.agentapi/request-id"
+
+
+def _meta() -> dict | None:
+    """The request id, carried to the server in the request's `_meta` (MCP's extension point)."""
+    request_id = request_context.current_request_id()
+    return {REQUEST_ID_META: request_id} if request_id else None
 
 
 def _dump(result) -> dict:
@@ -77,8 +86,10 @@ def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, argum
     started = time.perf_counter()
     details = {"tool": name}
 
+    meta = _meta()
+
     async def operation(client):
-        return await client.call_tool(name, arguments)
+        return await client.call_tool(name, arguments, meta=meta)
 
     result = _run(
         configuration,
@@ -132,8 +143,10 @@ def list_resources(*, configuration: MCPConfiguration, user_id: int) -> list[dic
 def read_resource(*, configuration: MCPConfiguration, user_id: int, uri: str) -> dict:
     _require_enabled(configuration)
 
+    meta = _meta()
+
     async def operation(client):
-        return _dump(await client.read_resource(uri))
+        return _dump(await client.read_resource(uri, meta=meta))
 
     body = _run(
         configuration,
@@ -159,8 +172,10 @@ def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]
 def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
     _require_enabled(configuration)
 
+    meta = _meta()
+
     async def operation(client):
-        return _dump(await client.get_prompt(name, arguments))
+        return _dump(await client.get_prompt(name, arguments, meta=meta))
 
     body = _run(
         configuration,

@@ -26,7 +26,7 @@ class RunningServer:
         line = self.process.stdout.readline()
         assert line.startswith("PORT "), line
         self.port = int(line.split()[1])
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.url = f"http://127.0.0.1:{self.port}/{'sse' if '--sse' in args else 'mcp'}"
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as response:
@@ -54,6 +54,13 @@ def http_server():
 @pytest.fixture(scope="session")
 def bearer_server():
     server = RunningServer("--token", TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sse_server():
+    server = RunningServer("--sse", "--token", TOKEN)
     yield server
     server.stop()
 

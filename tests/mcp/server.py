@@ -1,6 +1,6 @@
 """A real MCP server (fastmcp) for the tests, over Streamable HTTP on loopback or over stdio.
 
-    python tests/mcp/server.py --port 0 [--token SECRET]      (prints "PORT <n>" when listening)
+    python tests/mcp/server.py --port 0 [--token SECRET] [--sse]   (prints "PORT <n>" when listening)
     python tests/mcp/server.py --stdio
 
 Its tools cover every MCP content type and the faults the platform must survive: a tool that is
@@ -36,6 +36,7 @@ WAV = base64.b64encode(b"RIFF-test-audio").decode()
 
 server = FastMCP("test-server", instructions="A server for the platform's tests.")
 methods = Counter()
+last_request_id = {}
 
 
 @server.tool
@@ -142,7 +143,7 @@ def counting(app, token: str | None):
                 def echo(text: str) -> str:
                     return text
 
-            body = json.dumps(dict(methods)).encode()
+            body = json.dumps({**methods, **last_request_id}).encode()
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
             )
@@ -162,6 +163,9 @@ def counting(app, token: str | None):
             for item in payload if isinstance(payload, list) else [payload]:
                 if isinstance(item, dict) and "method" in item:
                     methods[item["method"]] += 1
+                    meta = (item.get("params") or {}).get("_meta") or {}
+                    if "io.agentapi/request-id" in meta:
+                        last_request_id["last_request_id"] = meta["io.agentapi/request-id"]
         except ValueError:
             pass
         replayed = False
@@ -183,6 +187,7 @@ def main():
     parser.add_argument("--port", type=int)
     parser.add_argument("--token")
     parser.add_argument("--stdio", action="store_true")
+    parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport at /sse")
     options = parser.parse_args()
     if options.stdio:
         server.run(transport="stdio")
@@ -194,7 +199,8 @@ def main():
     sock.bind(("127.0.0.1", options.port or 0))
     sock.listen(128)  # connections queue from now on: the port is usable once printed
     print(f"PORT {sock.getsockname()[1]}", flush=True)
-    app = counting(server.http_app(path="/mcp"), options.token)
+    http_app = server.http_app(path="/sse", transport="sse") if options.sse else server.http_app(path="/mcp")
+    app = counting(http_app, options.token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -139,3 +139,21 @@ def test_calls_are_measured_by_configuration_and_outcome(alice_api, http_server,
     assert f"agentapi_mcp_call_duration_seconds_count{{{label}}} 2.0" in metrics
     assert f'agentapi_mcp_handshakes_total{{configuration="{configuration["id"]}"}} 1.0' in metrics
     assert "agentapi_mcp_pool_sessions 1.0" in metrics
+
+
+def test_the_legacy_sse_transport_works_with_a_bearer_token(alice_api, sse_server):
+    configuration = configure(alice_api, transport="sse", url=sse_server.url, auth_type="bearer", bearer_token=TOKEN)
+    assert call(alice_api, configuration, "add", {"a": 20, "b": 22}).json()["structured_content"] == {"sum": 42}
+    tools = alice_api.get(f"/api/v1/mcp/configurations/{configuration['id']}/tools/").json()["tools"]
+    assert "media" in {tool["name"] for tool in tools}
+
+
+def test_the_request_id_travels_to_the_server(alice_api, own_server):
+    configuration = configure(alice_api, url=own_server.url)
+    response = alice_api.post(
+        f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/",
+        {"name": "echo", "arguments": {"text": "traced"}},
+        **{"X-Request-ID": "trace-me-123"},
+    )
+    assert response.status_code == 200 and response["X-Request-ID"] == "trace-me-123"
+    assert own_server.stats()["last_request_id"] == "trace-me-123"
