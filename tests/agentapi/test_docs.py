@@ -21,3 +21,15 @@ def test_the_docs_page_loads_only_local_assets(db):
     for url in assets:
         if url.startswith("/static/"):
             assert client.get(url).status_code == 200, url
+
+
+def test_every_environment_variable_the_settings_read_is_in_the_readme():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    settings_source = "".join(p.read_text() for p in (root / "agentapi" / "settings").glob("*.py"))
+    names = set(re.findall(r"""env(?:\.\w+)?\(\s*["']([A-Z][A-Z0-9_]+)["']""", settings_source))
+    readme = (root / "README.md").read_text()
+    assert names, "no environment variables found: the pattern no longer matches the settings"
+    assert sorted(name for name in names if f"`{name}`" not in readme) == []
