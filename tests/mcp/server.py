@@ -196,6 +196,7 @@ def main():
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", options.port or 0))
     sock.listen(128)  # connections queue from now on: the port is usable once printed
     print(f"PORT {sock.getsockname()[1]}", flush=True)
