@@ -73,16 +73,30 @@ def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_a
                 )
 
 
+def _deny(configuration: MCPConfiguration, tool: str, error: APIError):
+    """Record a call the platform refused (not allowed, withheld), then raise the refusal."""
+    with transaction.atomic():
+        audit_record(
+            "mcp.tool.call",
+            target=configuration,
+            organization_id=configuration.organization_id,
+            outcome="denied",
+            details={"tool": tool, "error": error.error_code},
+        )
+    raise error
+
+
 def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
     _require_enabled(configuration)
     if not configuration.tool_allowed(name):
-        raise APIError("tool_not_allowed", f"The tool {name!r} is not allowed on this server.", status=403)
-    if catalogue.withheld(configuration, name):
-        raise APIError(
-            "tool_pending_approval",
-            f"The tool {name!r} changed its definition and waits for an admin's approval.",
-            status=409,
+        _deny(
+            configuration,
+            name,
+            APIError("tool_not_allowed", f"The tool {name!r} is not allowed on this server.", status=403),
         )
+    if catalogue.withheld(configuration, name):
+        message = f"The tool {name!r} changed its definition and waits for an admin's approval."
+        _deny(configuration, name, APIError("tool_pending_approval", message, status=409))
     started = time.perf_counter()
     details = {"tool": name}
 

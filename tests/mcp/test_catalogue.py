@@ -31,7 +31,7 @@ def test_the_catalogue_is_cached_until_the_configuration_changes(alice_api, own_
     assert 'agentapi_mcp_catalogue_requests_total{result="hit"}' in metrics
 
 
-def test_allowed_tools_limit_what_is_seen_and_called(alice_api, http_server):
+def test_allowed_tools_limit_what_is_seen_and_called(alice_api, http_server, acme):
     configuration = configure(alice_api, url=http_server.url, allowed_tools=["echo"])
     assert set(tools_of(alice_api, configuration)) == {"echo"}
     response = alice_api.post(
