@@ -1,8 +1,9 @@
 """MCP server configurations, the stdio templates operators approve, and pinned tool definitions.
 
-Credentials (a bearer token, custom headers) are stored encrypted by agentapi.crypto under the
-versioned keyring, bound to the row they belong to (the row's uuid is in the ciphertext's
-associated data), and never leave the model except through `credential_headers()`.
+Credentials (a bearer token, custom headers) are sealed under the organization's data key
+(tenants.secrets, envelope encryption under the versioned master keyring), bound to the row they
+belong to (the row's uuid is in the associated data), and never leave the model except through
+`credential_headers()`.
 """
 
 import hashlib
@@ -12,7 +13,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from agentapi.crypto import keyring
+from tenants import secrets
 from tenants.models import TenantModel
 
 
@@ -104,20 +105,25 @@ class MCPConfiguration(TenantModel):
     def _context(self, field: str) -> str:
         return f"mcp.configuration:{self.organization_id}:{self.uuid}:{field}"
 
+    def _seal(self, field: str, plaintext: str) -> str:
+        return secrets.seal(self.organization_id, plaintext, context=self._context(field)) if plaintext else ""
+
     def set_bearer_token(self, token: str) -> None:
-        self.bearer_token_encrypted = keyring().encrypt(token, context=self._context("bearer_token")) if token else ""
+        self.bearer_token_encrypted = self._seal("bearer_token", token)
 
     def set_headers(self, headers: dict) -> None:
-        plaintext = json.dumps(headers, sort_keys=True)
-        self.headers_encrypted = keyring().encrypt(plaintext, context=self._context("headers")) if headers else ""
+        self.headers_encrypted = self._seal("headers", json.dumps(headers, sort_keys=True) if headers else "")
 
     def credential_headers(self) -> dict:
         """The headers that authenticate the platform to the server. Raises DecryptionError."""
         if self.auth_type == AuthType.BEARER and self.bearer_token_encrypted:
-            token = keyring().decrypt(self.bearer_token_encrypted, context=self._context("bearer_token"))
+            token = secrets.unseal(
+                self.organization_id, self.bearer_token_encrypted, context=self._context("bearer_token")
+            )
             return {"Authorization": f"Bearer {token}"}
         if self.auth_type == AuthType.HEADERS and self.headers_encrypted:
-            return json.loads(keyring().decrypt(self.headers_encrypted, context=self._context("headers")))
+            plaintext = secrets.unseal(self.organization_id, self.headers_encrypted, context=self._context("headers"))
+            return json.loads(plaintext)
         return {}
 
     @property

@@ -194,3 +194,26 @@ class APIKey(TenantModel):
         if self.revoked_at:
             return "revoked"
         return "expired" if self.is_expired() else "active"
+
+
+class DataKey(TenantModel):
+    """An organization's data key for envelope encryption (tenants.secrets), stored wrapped by the
+    master keyring (FIELD_ENCRYPTION_KEYS). Rotating a master key rewraps these rows only; deleting
+    an organization's data keys leaves every secret sealed under them unreadable."""
+
+    version = models.PositiveIntegerField(default=1)
+    wrapped = models.TextField(help_text="The key, encrypted under the master keyring.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["organization", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "version"], name="tenants_datakey_unique_version")
+        ]
+
+    def __str__(self):
+        return f"{self.organization_id}:v{self.version}"
+
+    @staticmethod
+    def context(organization_id: int, version: int) -> str:
+        return f"tenants.datakey:{organization_id}:{version}"

@@ -184,3 +184,17 @@ def api_key_revoke(*, api_key: APIKey) -> APIKey:
         api_key.save(update_fields=["revoked_at"])
         record_change("tenants.api_key.revoke", target=api_key, details={"prefix": api_key.prefix})
     return api_key
+
+
+@transaction.atomic
+def data_keys_destroy(*, organization: Organization) -> int:
+    """Crypto-shred an organization's secrets: delete its data keys. Every value sealed under them
+    becomes unreadable (calls that need one are refused, never made without it). Irreversible."""
+    from tenants import secrets
+    from tenants.models import DataKey
+
+    with scoping.organization_scope(organization):
+        count, _ = DataKey.objects.filter(organization=organization).delete()
+        record_change("tenants.data_key.destroy", target=organization, details={"data_keys": count})
+    secrets.forget_cached_keys(organization.pk)
+    return count

@@ -253,6 +253,10 @@ API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS
 # Audit events older than this many days are purged by the scheduled job (0 keeps them forever).
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
 
+# Unwrapped organization data keys are kept in memory this long (a destroyed key stops working
+# everywhere within this time).
+DATA_KEY_CACHE_SECONDS = env.int("DATA_KEY_CACHE_SECONDS", default=60)
+
 # MCP servers: the per-process pool of upstream sessions and the guards around every call.
 MCP_CALL_TIMEOUT = env.float("MCP_CALL_TIMEOUT", default=30.0)  # seconds, per call
 MCP_CONNECT_TIMEOUT = env.float("MCP_CONNECT_TIMEOUT", default=10.0)  # connect and handshake

@@ -25,7 +25,7 @@ def test_a_token_entered_in_the_admin_is_encrypted_and_never_shown(operator, acm
     with scoping.organization_scope(acme):
         row = MCPConfiguration.objects.get(name="from admin")
         assert AuditEvent.objects.filter(action="mcp.configuration.create").exists()
-    assert row.bearer_token_encrypted.startswith("v1:") and row.credential_headers() == {
+    assert row.bearer_token_encrypted.startswith("e1:") and row.credential_headers() == {
         "Authorization": f"Bearer {TOKEN}"
     }
     for page in (f"/admin/mcp/mcpconfiguration/{row.pk}/change/", "/admin/mcp/mcpconfiguration/"):

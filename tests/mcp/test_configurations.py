@@ -35,7 +35,7 @@ def test_credentials_are_write_only_encrypted_and_bound_to_their_row(alice_api, 
     for body in (created, alice_api.get(f"/api/v1/mcp/configurations/{created['id']}/").json()):
         assert TOKEN not in str(body) and "bearer_token" not in body and body["has_credentials"] is True
     row = stored(acme, created["id"])
-    assert row.bearer_token_encrypted.startswith("v1:") and TOKEN not in row.bearer_token_encrypted
+    assert row.bearer_token_encrypted.startswith("e1:") and TOKEN not in row.bearer_token_encrypted
     # The ciphertext copied to another row does not decrypt there: the call is refused, not sent bare.
     other = configure(alice_api, name="copy", url=bearer_server.url, auth_type="bearer", bearer_token="other")
     with scoping.organization_scope(acme):
