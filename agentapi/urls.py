@@ -8,6 +8,7 @@ from agentapi import health, metrics
 api_v1 = [
     path("", include("tenants.api.urls")),
     path("", include("audit.api.urls")),
+    path("", include("oauth.api.urls")),
     path("", include("mcp.api.urls")),
 ]
 
@@ -25,6 +26,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
     path("", include("tenants.urls")),
+    path("", include("oauth.urls")),
 ]
 
 handler400 = "agentapi.errors.bad_request"

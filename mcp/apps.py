@@ -11,3 +11,8 @@ class MCPConfig(AppConfig):
 
         register_sealed_field(MCPConfiguration, "bearer_token_encrypted", lambda row: row._context("bearer_token"))
         register_sealed_field(MCPConfiguration, "headers_encrypted", lambda row: row._context("headers"))
+
+        from mcp.connections import resolve_authorize_target
+        from oauth.api.views import AUTHORIZE_TARGETS
+
+        AUTHORIZE_TARGETS["mcp_configuration"] = resolve_authorize_target

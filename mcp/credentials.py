@@ -12,19 +12,40 @@ from agentapi.errors import APIError
 from mcp import stdio
 from mcp.models import AuthType, MCPConfiguration, Transport
 from mcp.pool import Target
+from oauth import services as oauth_services
 
 
-def target_for(configuration: MCPConfiguration, user_id: int | None = None) -> Target:
-    if configuration.auth_type == AuthType.OAUTH:
-        raise APIError("not_supported", "OAuth connections are not available on this platform yet.", status=409)
+def _configured_headers(configuration: MCPConfiguration) -> dict:
     try:
-        headers = configuration.credential_headers()
+        return configuration.credential_headers()
     except DecryptionError:
         # The row's credential cannot be read with the configured keys: an operator problem,
         # answered without detail, never by calling the server without it.
         raise APIError(
             "credential_unreadable", "The server's stored credential cannot be decrypted; re-enter it.", status=409
         ) from None
+
+
+def _oauth_headers(configuration: MCPConfiguration, user_id: int | None) -> dict:
+    """The calling user's own connection: refreshed when it has expired; 409 naming what to do
+    when there is none or it must be renewed."""
+    provider = configuration.oauth_provider
+    if provider is None or user_id is None:
+        raise APIError(
+            "oauth_connection_required",
+            "Connect your account first: POST /api/v1/oauth/authorize/ with this mcp_configuration.",
+            status=409,
+            details={"mcp_configuration": configuration.pk},
+        )
+    access_token, token = oauth_services.access_token_for(user_id=user_id, provider=provider)
+    return {"Authorization": f"{'Bearer' if token.token_type.lower() == 'bearer' else token.token_type} {access_token}"}
+
+
+def target_for(configuration: MCPConfiguration, user_id: int | None = None) -> Target:
+    if configuration.auth_type == AuthType.OAUTH:
+        headers = _oauth_headers(configuration, user_id)
+    else:
+        headers = _configured_headers(configuration)
     stdio_command = None
     if configuration.transport == Transport.STDIO:
         try:

@@ -77,7 +77,11 @@ class MCPConfiguration(TenantModel):
     auth_type = models.CharField(max_length=16, choices=AuthType.choices, default=AuthType.NONE)
     bearer_token_encrypted = models.TextField(blank=True, editable=False)
     headers_encrypted = models.TextField(blank=True, editable=False)
-    oauth_provider = models.CharField(max_length=200, blank=True)  # becomes a link to oauth providers (issue 4)
+    # auth_type oauth: the provider whose connection each user makes; empty until discovered (the
+    # MCP server's own authorization server, registered dynamically) or chosen.
+    oauth_provider = models.ForeignKey(
+        "oauth.OAuthProvider", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
     allowed_tools = models.JSONField(null=True, blank=True)
     enabled = models.BooleanField(default=True)

@@ -19,7 +19,16 @@ from tenants.models import MANAGER_ROLES
 
 # Fields whose change alters how the server is reached: pooled sessions and cached catalogues
 # are keyed by the revision they bump.
-_REACH_FIELDS = {"transport", "url", "stdio_template", "stdio_arguments", "auth_type", "bearer_token", "headers"}
+_REACH_FIELDS = {
+    "transport",
+    "url",
+    "stdio_template",
+    "stdio_arguments",
+    "auth_type",
+    "bearer_token",
+    "headers",
+    "oauth_provider",
+}
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 _RESERVED_HEADERS = {
     "host", "content-length", "content-type", "transfer-encoding", "connection", "accept",
@@ -76,8 +85,8 @@ def _validate(configuration: MCPConfiguration, secrets: dict) -> None:
         if configuration.stdio_template is not None or configuration.stdio_arguments:
             raise _invalid("stdio_template", "Only stdio servers take a template and arguments.")
         _check_url(configuration.url)
-    if configuration.auth_type == AuthType.OAUTH:
-        raise _invalid("auth_type", "OAuth connections are not available on this platform yet.", "not_supported")
+    if configuration.auth_type == AuthType.OAUTH and configuration.transport == Transport.STDIO:
+        raise _invalid("auth_type", "A stdio server is not reached over HTTP: it cannot use OAuth.")
     if configuration.auth_type == AuthType.BEARER:
         token = secrets.get("bearer_token")
         if token is not None and (not isinstance(token, str) or not token or any(c in token for c in "\r\n\x00")):

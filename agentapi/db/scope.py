@@ -16,6 +16,9 @@ class DatabaseScope:
     all_organizations: bool = False
     user_id: int | None = None
     api_key_hash: str = ""
+    # The hash of a single-use secret a request presents before its organization is known (an
+    # OAuth flow's state): policies let exactly the row it names be read.
+    secret_hash: str = ""
 
     def as_settings(self) -> list[tuple[str, str]]:
         """The PostgreSQL settings (name, value) that express this scope."""
@@ -24,6 +27,7 @@ class DatabaseScope:
             ("app.all_organizations", "on" if self.all_organizations else "off"),
             ("app.user_id", "" if self.user_id is None else str(self.user_id)),
             ("app.api_key_hash", self.api_key_hash),
+            ("app.secret_hash", self.secret_hash),
         ]
 
 

@@ -47,6 +47,7 @@ FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[]) or [
     _embedded_secret("field_encryption_key", lambda: "v1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 ]
 OUTBOUND_ALLOWED_NETWORKS = parse_networks(env.list("OUTBOUND_ALLOWED_NETWORKS", default=[]))
+OUTBOUND_TIMEOUT = env.float("OUTBOUND_TIMEOUT", default=10.0)  # seconds, OAuth providers and discovery
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -176,6 +177,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "audit.tasks.audit_events_purge_expired", "schedule": 24 * 3600.0},
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
+    "refresh-oauth-tokens": {"task": "oauth.tasks.oauth_tokens_refresh_expiring", "schedule": 60.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -252,6 +254,14 @@ JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
 API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
 # Audit events older than this many days are purged by the scheduled job (0 keeps them forever).
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
+
+# OAuth connections.
+OAUTH_REDIRECT_URI = env.str(
+    "OAUTH_REDIRECT_URI", default=""
+)  # the registered callback; built from the request when empty
+OAUTH_STATE_TTL_SECONDS = env.int("OAUTH_STATE_TTL_SECONDS", default=600)
+OAUTH_REFRESH_WINDOW_SECONDS = env.int("OAUTH_REFRESH_WINDOW_SECONDS", default=300)
+OAUTH_REFRESH_ATTEMPTS = env.int("OAUTH_REFRESH_ATTEMPTS", default=3)
 
 # Unwrapped organization data keys are kept in memory this long (a destroyed key stops working
 # everywhere within this time).

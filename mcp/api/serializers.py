@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from mcp.models import AuthType, MCPConfiguration, StdioTemplate, ToolPin, Transport
+from oauth.models import OAuthProvider
 
 
 class MCPConfigurationSerializer(serializers.ModelSerializer):
@@ -8,6 +9,7 @@ class MCPConfigurationSerializer(serializers.ModelSerializer):
 
     stdio_template = serializers.SlugRelatedField(slug_field="name", read_only=True)
     owner = serializers.IntegerField(source="owner_id", read_only=True, allow_null=True)
+    oauth_provider = serializers.IntegerField(source="oauth_provider_id", read_only=True, allow_null=True)
 
     class Meta:
         model = MCPConfiguration
@@ -34,7 +36,13 @@ class _WriteFields(serializers.Serializer):
         required=False,
         write_only=True,
     )
-    oauth_provider = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    oauth_provider = serializers.PrimaryKeyRelatedField(
+        queryset=OAuthProvider.objects.all(),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="For auth_type oauth: a provider of the organization or the platform; empty to discover the server's own.",
+    )
     allowed_tools = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False, allow_null=True, default=None, max_length=1000
     )

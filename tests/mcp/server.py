@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+import urllib.parse
 from collections import Counter
 
 os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
@@ -158,6 +159,9 @@ def counting(app, token: str | None):
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if scope["path"] in ("/token", "/revoke", "/register") and scope["method"] == "POST":
+            form = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
+            methods[f"{scope['path'][1:]}:{form.get('grant_type', 'request')}"] += 1
         try:
             payload = json.loads(body) if body else None
             for item in payload if isinstance(payload, list) else [payload]:
@@ -188,6 +192,7 @@ def main():
     parser.add_argument("--token")
     parser.add_argument("--stdio", action="store_true")
     parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport at /sse")
+    parser.add_argument("--oauth", action="store_true", help="demand OAuth: fastmcp's own authorization server")
     options = parser.parse_args()
     if options.stdio:
         server.run(transport="stdio")
@@ -199,7 +204,17 @@ def main():
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", options.port or 0))
     sock.listen(128)  # connections queue from now on: the port is usable once printed
-    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    port = sock.getsockname()[1]
+    if options.oauth:
+        from fastmcp.server.auth.auth import ClientRegistrationOptions, RevocationOptions
+        from fastmcp.server.auth.providers.in_memory import InMemoryOAuthProvider
+
+        server.auth = InMemoryOAuthProvider(
+            base_url=f"http://127.0.0.1:{port}",
+            client_registration_options=ClientRegistrationOptions(enabled=True),
+            revocation_options=RevocationOptions(enabled=True),
+        )
+    print(f"PORT {port}", flush=True)
     http_app = server.http_app(path="/sse", transport="sse") if options.sse else server.http_app(path="/mcp")
     app = counting(http_app, options.token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")

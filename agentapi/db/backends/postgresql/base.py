@@ -12,9 +12,9 @@ with the statement it precedes, so it costs no extra round trip.
 import psycopg
 from django.db.backends.postgresql import base
 
-from agentapi.db.scope import current_scope
+from agentapi.db.scope import DatabaseScope, current_scope
 
-_SET_SCOPE_SQL = "SELECT " + ", ".join("set_config(%s, %s, %s)" for _ in range(4))
+_SET_SCOPE_SQL = "SELECT " + ", ".join("set_config(%s, %s, %s)" for _ in DatabaseScope().as_settings())
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
