@@ -337,7 +337,8 @@ def _find_flow(state: str) -> AuthorizationFlow | None:
     # the request presents be read (see the migration's policy).
     with use_scope(DatabaseScope(secret_hash=hash_state(state))):
         return (
-            AuthorizationFlow._base_manager.select_related("organization", "user", "provider")
+            # No join to the provider: its row is visible only once the organization is in scope.
+            AuthorizationFlow._base_manager.select_related("organization", "user")
             .filter(state_hash=hash_state(state))
             .first()
         )
@@ -350,6 +351,7 @@ def authorization_complete(*, state: str, code: str = "", error: str = "") -> OA
         raise FlowError("unknown_state", "This sign-in link is not known. Start again from the connections page.")
     actor = scoping.Actor(kind="user", user_id=flow.user_id, label=flow.user.email)
     with scoping.organization_scope(flow.organization, actor=actor):
+        flow.provider = OAuthProvider.objects.get(pk=flow.provider_id)
         with transaction.atomic():
             claimed = AuthorizationFlow.objects.filter(pk=flow.pk, used_at__isnull=True).update(used_at=timezone.now())
         failure = None
