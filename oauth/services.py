@@ -405,6 +405,7 @@ def _store(flow: AuthorizationFlow, body: dict) -> OAuthToken:
     token, created = OAuthToken.objects.select_for_update().get_or_create(
         organization=flow.organization, user=flow.user, provider=flow.provider
     )
+    token.provider = flow.provider  # the caller reads it after the organization's scope has ended
     token.set_tokens(access_token=body["access_token"], refresh_token=body.get("refresh_token") or "")
     token.token_type = str(body.get("token_type") or "Bearer")[:32]
     token.scopes = _scopes(body, flow.provider.scopes)
