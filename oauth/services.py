@@ -82,10 +82,14 @@ def _invalid(field: str, message: str, code: str = "invalid") -> APIError:
     return APIError(code, message, status=400, details={field: [message]})
 
 
-def _check(field: str, url: str) -> None:
+def _check(field: str, url: str, *, when_saved: bool = False) -> None:
+    """The outbound rules, as a 400 naming the field. When a provider is saved, a name that does
+    not resolve (yet) is let through: every request checks again, and that check decides."""
     try:
         outbound.check_url(url)
     except outbound.OutboundURLRefused as exc:
+        if when_saved and exc.code == "unresolvable":
+            return
         raise APIError(exc.code, f"{field}: {exc}", status=400, details={field: [str(exc)]}) from None
 
 
@@ -211,7 +215,7 @@ def _provider_fields(kind: str, fields: dict) -> dict:
             raise _invalid(name, f"The provider needs its {name.replace('_', ' ')}.")
     for name in ("authorization_endpoint", "token_endpoint", "revocation_endpoint"):
         if merged.get(name):
-            _check(name, merged[name])
+            _check(name, merged[name], when_saved=True)
     return merged
 
 
@@ -250,7 +254,7 @@ def provider_update(*, provider: OAuthProvider, client_secret=None, **changes) -
         setattr(provider, name, value)
     for name in ("authorization_endpoint", "token_endpoint", "revocation_endpoint"):
         if name in changes and getattr(provider, name):
-            _check(name, getattr(provider, name))
+            _check(name, getattr(provider, name), when_saved=True)
     if client_secret is not None:
         provider.set_client_secret(client_secret)
         changed.append("client_secret")

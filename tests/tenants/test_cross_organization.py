@@ -41,6 +41,30 @@ def an_mcp_configuration(organization):
         ).pk
 
 
+def an_oauth_provider(organization):
+    from oauth.models import OAuthProvider
+
+    with scoping.organization_scope(organization):
+        return OAuthProvider.objects.create(
+            organization=organization, name="target", kind="oauth2", client_id="c",
+            authorization_endpoint="http://127.0.0.1:9/authorize", token_endpoint="http://127.0.0.1:9/token",
+        ).pk  # fmt: skip
+
+
+def an_oauth_token(organization):
+    from oauth.models import OAuthProvider, OAuthToken
+
+    provider_id = an_oauth_provider(organization)
+    with scoping.organization_scope(organization):
+        owner = Membership.objects.filter(role="owner").order_by("id").first()
+        token = OAuthToken(
+            organization=organization, user_id=owner.user_id, provider=OAuthProvider.objects.get(pk=provider_id)
+        )
+        token.set_tokens(access_token="access", refresh_token="refresh")
+        token.save()
+        return token.pk
+
+
 MCP_CONFIGURATION_ROUTES = [
     "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
     "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
@@ -50,15 +74,20 @@ DETAIL_ROUTES = {
     "api-key-detail": an_api_key,
     "audit-event-detail": an_audit_event,
     **dict.fromkeys(MCP_CONFIGURATION_ROUTES, an_mcp_configuration),
+    "oauth-provider-detail": an_oauth_provider,
+    "oauth-token-detail": an_oauth_token,
+    "oauth-token-refresh": an_oauth_token,
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
     "api-key-list": "/api/v1/api-keys/",
     "audit-event-list": "/api/v1/audit/events/",
     "mcp-configuration-list": "/api/v1/mcp/configurations/",
+    "oauth-provider-list": "/api/v1/oauth/providers/",
+    "oauth-token-list": "/api/v1/oauth/tokens/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
-ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export"}
+ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize"}
 # Platform operators' routes: global by design, refused to everyone else (tested below).
 OPERATOR_ROUTES = {"organization-list", "organization-detail", "mcp-stdio-template-list", "mcp-stdio-template-detail"}
 
@@ -123,6 +152,8 @@ def test_a_missing_object_is_the_same_404_as_a_foreign_one(alice, charlie_api, a
 def test_lists_never_show_another_organizations_objects(route, alice, alice_api, charlie, charlie_api, acme, globex):
     an_mcp_configuration(acme)
     an_mcp_configuration(globex)
+    an_oauth_token(acme)
+    an_oauth_token(globex)
     make_key(alice)
     make_member(acme, "zed@acme.test", "admin")
     alice_api.post("/api/v1/api-keys/", {"name": "more"})
