@@ -410,6 +410,7 @@ def _store(flow: AuthorizationFlow, body: dict) -> OAuthToken:
         organization=flow.organization, user=flow.user, provider=flow.provider
     )
     token.provider = flow.provider  # the caller reads it after the organization's scope has ended
+    _forget(token)
     token.set_tokens(access_token=body["access_token"], refresh_token=body.get("refresh_token") or "")
     token.token_type = str(body.get("token_type") or "Bearer")[:32]
     token.scopes = _scopes(body, flow.provider.scopes)
@@ -448,16 +449,39 @@ def _needs(provider: OAuthProvider, token: OAuthToken | None) -> ConnectionNeede
     )
 
 
+# The hot path of every OAuth MCP call: a user's connection, kept per process as the row (its token
+# sealed, never the plaintext) for OAUTH_TOKEN_CACHE_SECONDS and dropped at once when this process
+# refreshes, revokes or replaces it. Another process's change is seen when the copy expires; a
+# token revoked meanwhile is refused by the provider itself.
+_token_cache: dict[tuple, tuple[float, OAuthToken]] = {}
+
+
+def _cache_key(organization_id, user_id, provider_id) -> tuple:
+    return (organization_id, user_id, provider_id)
+
+
+def _forget(token: OAuthToken) -> None:
+    _token_cache.pop(_cache_key(token.organization_id, token.user_id, token.provider_id), None)
+
+
 def access_token_for(*, user_id: int, provider: OAuthProvider) -> tuple[str, OAuthToken]:
     """A usable access token of the user for the provider, refreshed first when it has expired
     (or expires within a minute). Raises ConnectionNeeded."""
-    token = OAuthToken.objects.filter(user_id=user_id, provider=provider).first()
-    if token is None or token.status != TokenStatus.ACTIVE:
-        raise _needs(provider, token)
-    if token.expires_within(60):
-        token = refresh(token=token, reason="on_demand")
-        if token.status != TokenStatus.ACTIVE:
-            raise _needs(provider, token)
+    organization = scoping.current().organization
+    key = _cache_key(organization.pk if organization else None, user_id, provider.pk)
+    cached = _token_cache.get(key)
+    if (
+        cached
+        and time.monotonic() - cached[0] < settings.OAUTH_TOKEN_CACHE_SECONDS
+        and not cached[1].expires_within(60)
+    ):
+        try:
+            return cached[1].access_token(), cached[1]
+        except DecryptionError:
+            _token_cache.pop(key, None)
+    token = _find_token(user_id=user_id, provider=provider)
+    if organization is not None and token.status == TokenStatus.ACTIVE:
+        _token_cache[key] = (time.monotonic(), token)
     try:
         return token.access_token(), token
     except DecryptionError:
@@ -466,12 +490,24 @@ def access_token_for(*, user_id: int, provider: OAuthProvider) -> tuple[str, OAu
         ) from None
 
 
+def _find_token(*, user_id: int, provider: OAuthProvider) -> OAuthToken:
+    token = OAuthToken.objects.filter(user_id=user_id, provider=provider).first()
+    if token is None or token.status != TokenStatus.ACTIVE:
+        raise _needs(provider, token)
+    if token.expires_within(60):
+        token = refresh(token=token, reason="on_demand")
+        if token.status != TokenStatus.ACTIVE:
+            raise _needs(provider, token)
+    return token
+
+
 def refresh(*, token: OAuthToken, reason: str, force: bool = False) -> OAuthToken:
     """Refresh a token set, once, whoever else is trying: the row is locked for the exchange, and a
     caller that waited finds the winner's new token and sends nothing. A refresh token is never
     sent twice: the new one (when rotated) is stored in the same transaction as the exchange.
     Transient failures that provably never reached the provider are retried with backoff."""
     generation = token.generation
+    _forget(token)
     with transaction.atomic():
         current = OAuthToken.objects.select_for_update().select_related("provider").get(pk=token.pk)
         if current.generation != generation and not force:
@@ -517,6 +553,7 @@ def refresh(*, token: OAuthToken, reason: str, force: bool = False) -> OAuthToke
 
 
 def _mark_needs_reauth(token: OAuthToken, code: str, message: str) -> OAuthToken:
+    _forget(token)
     token.status, token.last_error = TokenStatus.NEEDS_REAUTH, f"{code}: {message}"[:500]
     token.generation += 1
     token.save(update_fields=["status", "last_error", "generation", "updated_at"])
@@ -543,6 +580,7 @@ def revoke(*, token: OAuthToken) -> dict:
                     at_provider = f"failed ({response.status_code})"
             except (httpx2.HTTPError, outbound.OutboundURLRefused, DecryptionError) as exc:
                 at_provider = f"failed ({type(exc).__name__})"
+    _forget(token)
     with transaction.atomic():
         token.access_token_sealed = token.refresh_token_sealed = ""
         token.status, token.generation = TokenStatus.REVOKED, token.generation + 1

@@ -262,6 +262,7 @@ OAUTH_REDIRECT_URI = env.str(
 OAUTH_STATE_TTL_SECONDS = env.int("OAUTH_STATE_TTL_SECONDS", default=600)
 OAUTH_REFRESH_WINDOW_SECONDS = env.int("OAUTH_REFRESH_WINDOW_SECONDS", default=300)
 OAUTH_REFRESH_ATTEMPTS = env.int("OAUTH_REFRESH_ATTEMPTS", default=3)
+OAUTH_TOKEN_CACHE_SECONDS = env.float("OAUTH_TOKEN_CACHE_SECONDS", default=15.0)  # a process's copy of a connection
 
 # Unwrapped organization data keys are kept in memory this long (a destroyed key stops working
 # everywhere within this time).

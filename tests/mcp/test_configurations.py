@@ -91,11 +91,10 @@ def test_names_are_unique_per_owner(alice_api, http_server):
     assert response.status_code == 409 and error_of(response)["code"] == "conflict"
 
 
-def test_oauth_waits_for_the_oauth_connections(alice_api, http_server):
-    response = alice_api.post(
-        "/api/v1/mcp/configurations/", {"name": "o", "url": http_server.url, "auth_type": "oauth"}
-    )
-    assert response.status_code == 400 and error_of(response)["code"] == "not_supported"
+def test_oauth_is_for_servers_reached_over_http(alice_api, test_template):
+    body = {"name": "o", "transport": "stdio", "stdio_template": "test-server", "auth_type": "oauth"}
+    response = alice_api.post("/api/v1/mcp/configurations/", body)
+    assert response.status_code == 400 and "auth_type" in error_of(response)["details"]
 
 
 @pytest.mark.parametrize(

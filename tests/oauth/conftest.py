@@ -27,8 +27,12 @@ def oauth_server():
 
 @pytest.fixture(autouse=True)
 def loopback_allowed(settings):
+    from oauth import services
+
     settings.OUTBOUND_ALLOWED_NETWORKS = parse_networks(["127.0.0.0/8"])
+    services._token_cache.clear()
     yield settings
+    services._token_cache.clear()
     pool.shutdown()
 
 
