@@ -10,5 +10,11 @@ GLOBAL_MODELS = {
     "auth.Group": "Django's permission groups, managed by operators",
     "contenttypes.ContentType": "Django's static model catalogue",
     "sessions.Session": "signed-in browser sessions, keyed by an unguessable id",
+    "django_celery_beat.PeriodicTask": "the platform's scheduled jobs, edited by operators in the admin",
+    "django_celery_beat.PeriodicTasks": "django-celery-beat's change marker for its scheduler",
+    "django_celery_beat.IntervalSchedule": "schedules of the platform's jobs",
+    "django_celery_beat.CrontabSchedule": "schedules of the platform's jobs",
+    "django_celery_beat.SolarSchedule": "schedules of the platform's jobs",
+    "django_celery_beat.ClockedSchedule": "schedules of the platform's jobs",
     "mcp.StdioTemplate": "command lines operators approve for every organization; tenants only pick one",
 }

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_celery_beat",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -174,6 +175,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Beat reads its schedule from the database (django-celery-beat), so operators edit it in the
+# admin ("Periodic tasks"); the entries below are written there when beat starts.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "audit.tasks.audit_events_purge_expired", "schedule": 24 * 3600.0},
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
