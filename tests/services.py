@@ -1,4 +1,5 @@
-"""Run a command against a throwaway PostgreSQL 15 cluster and redis-server.
+"""Run a command against a throwaway PostgreSQL 15 cluster and redis-server (and make sure Debian's
+chromium is there for the browser tests).
 
     python tests/services.py -- pytest -q          (what `make test` runs)
 
@@ -50,6 +51,23 @@ def ensure_redis() -> str:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, stdout=subprocess.DEVNULL)
     return shutil.which("redis-server")
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium and its driver, for the tests that drive a real headless browser."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return
+    if os.geteuid() != 0:
+        sys.exit("chromium is missing: apt-get install chromium chromium-driver")
+    print("Installing chromium and chromium-driver from apt...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def as_postgres() -> dict:
@@ -188,6 +206,7 @@ def main(argv: list[str]) -> int:
     workdir.chmod(0o755)
     postgres = redis = None
     try:
+        ensure_chromium()
         postgres, pg_env = start_postgres(workdir)
         redis, redis_env = start_redis(workdir)
         env = {

@@ -45,7 +45,11 @@ def test_transient_failures_are_retried_then_given_up(alice_api, acme, settings)
 
     def token(form, headers):
         if form["grant_type"] == "authorization_code":
-            return 200, "application/json", json.dumps({"access_token": "a1", "refresh_token": "r1", "expires_in": 3600}).encode()
+            return (
+                200,
+                "application/json",
+                json.dumps({"access_token": "a1", "refresh_token": "r1", "expires_in": 3600}).encode(),
+            )
         return next(answers, (200, "application/json", json.dumps({"access_token": "a2", "expires_in": 3600}).encode()))
 
     with serve_json({"/token": token}) as base:
