@@ -25,6 +25,7 @@ urlpatterns = [
     ),
     path("api/v1/", include(api_v1)),
     path("admin/", admin.site.urls),
+    path("auth/", include("social_django.urls", namespace="social")),
     path("", include("tenants.urls")),
     path("", include("oauth.urls")),
 ]

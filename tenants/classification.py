@@ -16,5 +16,10 @@ GLOBAL_MODELS = {
     "django_celery_beat.CrontabSchedule": "schedules of the platform's jobs",
     "django_celery_beat.SolarSchedule": "schedules of the platform's jobs",
     "django_celery_beat.ClockedSchedule": "schedules of the platform's jobs",
+    "social_django.UserSocialAuth": "a person's link to their company identity for the admin sign-in",
+    "social_django.Nonce": "social-auth's replay protection, keyed by server and timestamp",
+    "social_django.Association": "social-auth's OpenID associations (unused: OAuth 2 only)",
+    "social_django.Code": "social-auth's e-mail validation codes (unused)",
+    "social_django.Partial": "social-auth's interrupted pipelines, keyed by an unguessable token",
     "mcp.StdioTemplate": "command lines operators approve for every organization; tenants only pick one",
 }

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "social_django",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -78,6 +79,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A refused company sign-in ends on the login page (SOCIAL_AUTH_LOGIN_ERROR_URL), never a 500.
+    "social_django.middleware.SocialAuthExceptionMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audit.middleware.SecurityEventMiddleware",
     "tenants.middleware.SessionOrganizationMiddleware",
@@ -92,6 +95,57 @@ ASGI_APPLICATION = "agentapi.asgi.application"
 AUTH_USER_MODEL = "tenants.User"
 LOGIN_URL = "admin:login"
 
+# Admin sign-in with a company identity (social-auth-app-django). A provider is offered only when
+# its keys are set; a sign-in maps to an existing operator or organization staff member by verified
+# e-mail (tenants/social.py) and never creates a user or grants anything.
+_SOCIAL = [
+    # (backend, button label, settings that must all be set)
+    ("social_core.backends.github.GithubOAuth2", "GitHub", ["SOCIAL_AUTH_GITHUB_KEY", "SOCIAL_AUTH_GITHUB_SECRET"]),
+    (
+        "social_core.backends.google.GoogleOAuth2",
+        "Google",
+        ["SOCIAL_AUTH_GOOGLE_OAUTH2_KEY", "SOCIAL_AUTH_GOOGLE_OAUTH2_SECRET"],
+    ),
+    (
+        "social_core.backends.azuread_tenant.AzureADTenantOAuth2",
+        "Microsoft",
+        [
+            "SOCIAL_AUTH_AZUREAD_TENANT_OAUTH2_KEY",
+            "SOCIAL_AUTH_AZUREAD_TENANT_OAUTH2_SECRET",
+            "SOCIAL_AUTH_AZUREAD_TENANT_OAUTH2_TENANT_ID",
+        ],
+    ),
+    (
+        "social_core.backends.auth0.Auth0OAuth2",
+        "Auth0",
+        ["SOCIAL_AUTH_AUTH0_DOMAIN", "SOCIAL_AUTH_AUTH0_KEY", "SOCIAL_AUTH_AUTH0_SECRET"],
+    ),
+]
+SOCIAL_LOGIN_BACKENDS = []
+for _backend, _label, _names in _SOCIAL:
+    _values = {name: env.str(name, default="") for name in _names}
+    globals().update(_values)
+    if all(_values.values()):
+        SOCIAL_LOGIN_BACKENDS.append((_backend, _label))
+AUTHENTICATION_BACKENDS = [backend for backend, _ in SOCIAL_LOGIN_BACKENDS] + [
+    "django.contrib.auth.backends.ModelBackend"
+]
+SOCIAL_AUTH_GITHUB_SCOPE = ["user:email"]  # the addresses with their verified flags
+SOCIAL_AUTH_AUTH0_SCOPE = ["openid", "profile", "email"]
+SOCIAL_AUTH_JSONFIELD_ENABLED = True
+SOCIAL_AUTH_LOGIN_REDIRECT_URL = "/admin/"
+SOCIAL_AUTH_LOGIN_ERROR_URL = "/admin/login/?social=refused"
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    "tenants.social.verified_email",
+    "social_core.pipeline.social_auth.social_user",
+    "tenants.social.existing_staff_user",
+    "social_core.pipeline.social_auth.associate_user",
+)
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -102,6 +156,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.social.login_providers",
             ],
         },
     },

@@ -23,7 +23,7 @@ def serve_json(routes: dict):
 
         def do_GET(self):
             route = routes.get(self.path)
-            if isinstance(route, dict):
+            if isinstance(route, (dict, list)):
                 return self._answer(200, "application/json", json.dumps(route).encode())
             return self._answer(404, "text/plain", b"not found")
 
