@@ -160,19 +160,7 @@ def mcp_configuration_update(*, configuration: MCPConfiguration, principal, **ch
         raise APIError("conflict", f"A server named {configuration.name!r} already exists.", status=409)
     if not changed:
         return configuration
-    _store_secrets(configuration, secrets)
-    if changed & _REACH_FIELDS:
-        configuration.revision += 1
-    if "enabled" in changed and configuration.enabled and configuration.status == Status.DISABLED:
-        configuration.status, configuration.consecutive_failures, configuration.last_error = Status.UNKNOWN, 0, ""
-    configuration.save()
-    audit_record(
-        "mcp.configuration.update",
-        target=configuration,
-        organization_id=configuration.organization_id,
-        details={"changed": sorted(changed)},
-    )
-    return configuration
+    return _save(configuration, changed=changed, secrets=secrets, created=False)
 
 
 @transaction.atomic
@@ -192,10 +180,14 @@ def mcp_configuration_delete(*, configuration: MCPConfiguration, principal) -> N
 def mcp_configuration_save(*, configuration: MCPConfiguration, changed: set, secrets: dict) -> MCPConfiguration:
     """Save a configuration edited elsewhere (the admin's form): the same checks, encryption,
     revision and audit as the API's writes. Raises APIError."""
-    created = configuration.pk is None
     _validate(configuration, secrets)
+    return _save(configuration, changed=set(changed) | set(secrets), secrets=secrets, created=configuration.pk is None)
+
+
+def _save(configuration: MCPConfiguration, *, changed: set, secrets: dict, created: bool) -> MCPConfiguration:
+    """Seal new credentials, bump the revision when how the server is reached changed, clear a
+    health-check disable when re-enabled, save, and audit."""
     _store_secrets(configuration, secrets)
-    changed = set(changed) | set(secrets)
     if not created and changed & _REACH_FIELDS:
         configuration.revision += 1
     if "enabled" in changed and configuration.enabled and configuration.status == Status.DISABLED:
