@@ -72,6 +72,12 @@ class UpstreamRefused(UpstreamError):
     status, code = 400, "outbound_url_refused"
 
 
+class UpstreamUnauthorized(UpstreamError):
+    """The server refused the credential (HTTP 401): it is up; what it was sent is not accepted."""
+
+    status, code = 502, "upstream_unauthorized"
+
+
 class UpstreamRejected(UpstreamError):
     """The server answered with a JSON-RPC error (it is up; the request was wrong for it)."""
 
@@ -123,6 +129,9 @@ class _Entry:
     in_use: int = 0
     closed: bool = False
     ended_by: BaseException | None = None  # what ended the session task, when it failed
+    # The SDK turns an HTTP 401 into a generic JSON-RPC error; the HTTP client's response hook
+    # notes it here so that a refused credential is told apart from a failing server.
+    refused: bool = False
 
 
 # Errors that mean the connection or process is gone. Whether the request reached the server is
@@ -144,6 +153,12 @@ def _dropped(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_dropped(e) for e in exc.exceptions)
     return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def _unauthorized(exc: BaseException | None) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_unauthorized(e) for e in exc.exceptions)
+    return isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 401
 
 
 def _never_reached(exc: BaseException) -> bool:
@@ -187,7 +202,7 @@ class _PinnedBackend(httpcore2.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
-def _http_client(checked: outbound.CheckedURL, headers: dict, **kwargs) -> httpx2.AsyncClient:
+def _http_client(checked: outbound.CheckedURL, headers: dict, entry=None, **kwargs) -> httpx2.AsyncClient:
     # trust_env=False: an HTTP(S)_PROXY in the environment would carry the request past the pin.
     transport = httpx2.AsyncHTTPTransport(trust_env=False)
     # httpx2 has no parameter for the network backend; the pool it builds is replaced by an equal
@@ -196,8 +211,19 @@ def _http_client(checked: outbound.CheckedURL, headers: dict, **kwargs) -> httpx
         ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=_PinnedBackend(checked)
     )
     timeout = httpx2.Timeout(settings.MCP_CALL_TIMEOUT, connect=settings.MCP_CONNECT_TIMEOUT)
+
+    async def note_refusal(response):
+        if entry is not None and response.status_code == 401:
+            entry.refused = True
+
     return httpx2.AsyncClient(
-        transport=transport, headers=headers, timeout=timeout, follow_redirects=False, trust_env=False, **kwargs
+        transport=transport,
+        headers=headers,
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        event_hooks={"response": [note_refusal]},
+        **kwargs,
     )
 
 
@@ -260,7 +286,7 @@ class Pool:
         except TimeoutError:
             await breaker.failure()
             raise UpstreamTimeout(f"The server did not answer within {timeout:g} seconds.") from None
-        except UpstreamRejected:
+        except (UpstreamRejected, UpstreamUnauthorized):
             await breaker.success()  # it answered: it is up
             raise
         except UpstreamRefused:
@@ -278,6 +304,9 @@ class Pool:
         try:
             return await self._use(entry, operation)
         except MCPError as exc:
+            if entry.refused:
+                await self._discard(entry)  # refused at the door: nothing ran; the caller renews
+                raise UpstreamUnauthorized("The server refused the credential it was sent (401).") from None
             if not _dropped(exc):
                 raise UpstreamRejected(exc) from None
             failure = exc
@@ -292,6 +321,8 @@ class Pool:
             if entry.ended_by is not None and _never_reached(entry.ended_by):
                 failure = entry.ended_by
         await self._discard(entry)
+        if _unauthorized(failure):
+            raise UpstreamUnauthorized("The server refused the credential it was sent (401).")
         if not (reads or _never_reached(failure)):
             log.warning("mcp call failed after it may have reached the server: %s", _describe(failure))
             raise UpstreamError("The connection to the server failed during the call.") from None
@@ -365,8 +396,12 @@ class Pool:
         except outbound.OutboundURLRefused as exc:
             raise UpstreamRefused(str(exc)) from None
         except MCPError as exc:
+            if entry.refused:
+                raise UpstreamUnauthorized("The server refused the credential it was sent (401).") from None
             raise UpstreamError(f"The server refused the MCP handshake: {str(exc.error.message)[:200]}") from None
         except Exception as exc:  # any transport failure while connecting
+            if entry.refused or _unauthorized(exc):
+                raise UpstreamUnauthorized("The server refused the credential it was sent (401).") from None
             raise UpstreamError(f"Could not connect to the server ({_describe(exc)}).") from None
         finally:
             self._starting.remove(entry)
@@ -381,7 +416,7 @@ class Pool:
         workdir = None
         try:
             async with contextlib.AsyncExitStack() as stack:
-                transport, workdir = self._transport(entry.target, stack)
+                transport, workdir = self._transport(entry.target, stack, entry)
                 client = Client(transport, cache=None, read_timeout_seconds=settings.MCP_CALL_TIMEOUT)
                 await stack.enter_async_context(client)
                 ready.set_result(client)
@@ -400,7 +435,7 @@ class Pool:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def _transport(self, target: Target, stack):
+    def _transport(self, target: Target, stack, entry: _Entry | None = None):
         headers = dict(target.headers)
         if target.transport == "stdio":
             executable, argv, env = target.stdio
@@ -413,10 +448,10 @@ class Pool:
         if target.transport == "sse":
 
             def factory(headers=None, timeout=None, auth=None):
-                return _http_client(checked, headers or {}, auth=auth)
+                return _http_client(checked, headers or {}, entry, auth=auth)
 
             return sse_client(target.url, headers=headers, httpx_client_factory=factory), None
-        client = _http_client(checked, headers)
+        client = _http_client(checked, headers, entry)
         stack.push_async_callback(client.aclose)
         return streamable_http_client(target.url, http_client=client), None
 

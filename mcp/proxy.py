@@ -15,7 +15,8 @@ from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import catalogue, metrics, pool
 from mcp.credentials import target_for
-from mcp.models import MCPConfiguration
+from mcp.models import AuthType, MCPConfiguration
+from oauth import services as oauth_services
 
 REQUEST_ID_META = "io.agentapi/request-id"
 
@@ -44,13 +45,30 @@ def _upstream_error(exc: pool.UpstreamError) -> APIError:
     return APIError(exc.code, str(exc), status=exc.status, retry_after=exc.retry_after)
 
 
+def _call_with_fresh_credential(configuration, user_id, operation, *, reads: bool):
+    """One call; when the server refuses a user's OAuth token (401), the token is refreshed once
+    and the call made again with the new one (it never ran: the server refused it at the door)."""
+    try:
+        return pool.call(target_for(configuration, user_id), operation, reads=reads)
+    except pool.UpstreamUnauthorized:
+        if configuration.auth_type != AuthType.OAUTH or configuration.oauth_provider is None:
+            raise
+    token = oauth_services.renew_after_refusal(user_id=user_id, provider=configuration.oauth_provider)
+    try:
+        return pool.call(target_for(configuration, user_id), operation, reads=reads)
+    except pool.UpstreamUnauthorized:
+        raise oauth_services.needs_reauthorization(token, "the server refused the refreshed token") from None
+
+
 def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_action=None, audit_details=None):
     """Call through the pool; audit (when audit_action) and measure; translate failures."""
-    target = target_for(configuration, user_id)
     started = time.perf_counter()
     outcome, error = "success", None
     try:
-        return pool.call(target, operation, reads=reads)
+        return _call_with_fresh_credential(configuration, user_id, operation, reads=reads)
+    except APIError as exc:
+        outcome, error = "failure", exc
+        raise
     except pool.UpstreamError as exc:
         outcome, error = "failure", exc
         raise _upstream_error(exc) from None
@@ -62,7 +80,7 @@ def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_a
         if audit_action:
             details = {**(audit_details or {}), "duration_ms": round(duration * 1000, 1)}
             if error is not None:
-                details["error"] = error.code
+                details["error"] = error.error_code if isinstance(error, APIError) else error.code
             with transaction.atomic():
                 audit_record(
                     audit_action,

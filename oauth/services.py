@@ -501,6 +501,25 @@ def _find_token(*, user_id: int, provider: OAuthProvider) -> OAuthToken:
     return token
 
 
+def renew_after_refusal(*, user_id: int, provider: OAuthProvider) -> OAuthToken:
+    """The resource server refused the user's access token: refresh it now. Raises ConnectionNeeded
+    when the connection cannot be renewed (no refresh token, invalid_grant)."""
+    token = OAuthToken.objects.filter(user_id=user_id, provider=provider).first()
+    if token is None or token.status != TokenStatus.ACTIVE:
+        raise _needs(provider, token)
+    token = refresh(token=token, reason="refused_by_server", force=True)
+    if token.status != TokenStatus.ACTIVE:
+        raise _needs(provider, token)
+    return token
+
+
+def needs_reauthorization(token: OAuthToken, why: str) -> ConnectionNeeded:
+    """Mark the connection for re-authorization (audited) and return the 409 to raise."""
+    with transaction.atomic():
+        current = _mark_needs_reauth(OAuthToken.objects.select_for_update().get(pk=token.pk), "token_refused", why)
+    return _needs(current.provider, current)
+
+
 def refresh(*, token: OAuthToken, reason: str, force: bool = False) -> OAuthToken:
     """Refresh a token set, once, whoever else is trying: the row is locked for the exchange, and a
     caller that waited finds the winner's new token and sends nothing. A refresh token is never

@@ -74,7 +74,7 @@ def test_the_bearer_token_is_sent_and_required(alice_api, bearer_server):
     bad = configure(alice_api, name="wrong token", url=bearer_server.url, auth_type="bearer", bearer_token="wrong")
     response = call(alice_api, bad, "echo", {"text": "in"})
     assert response.status_code == 502
-    assert error_of(response)["code"] == "upstream_error"
+    assert error_of(response)["code"] == "upstream_unauthorized"  # told apart from a failing server
     assert TOKEN not in response.content.decode() and "wrong" not in response.content.decode()
 
 

@@ -152,3 +152,48 @@ def test_github_quirks_form_encoded_no_expiry_and_no_new_refresh_token(alice_api
             refreshed = services.refresh(token=stored, reason="test", force=True)
         assert refreshed.access_token() == "gho_second" and refreshed.refresh_token() == "ghr_only"
         assert all(headers.get("Accept") == "application/json" for _, _, headers in serve_json.calls)
+
+
+def test_a_token_the_server_refuses_is_refreshed_once_and_the_call_goes_through(alice_api, oauth_server, acme):
+    configuration = alice_api.post(
+        "/api/v1/mcp/configurations/", {"name": "guarded", "url": oauth_server.url, "auth_type": "oauth"}
+    ).json()
+    connect(alice_api, Client(), mcp_configuration=configuration["id"])
+    with scoping.organization_scope(acme):
+        token = OAuthToken.objects.get()
+        token.set_tokens(access_token="an-access-token-the-server-never-issued", refresh_token=None)
+        token.save()
+    response = alice_api.post(
+        f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/",
+        {"name": "echo", "arguments": {"text": "renewed"}},
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["content"][0]["text"] == "renewed"
+    assert oauth_server.stats()["token:refresh_token"] == 1
+
+
+def test_a_token_revoked_at_the_provider_asks_the_user_to_connect_again(alice_api, oauth_server, acme):
+    import httpx
+
+    configuration = alice_api.post(
+        "/api/v1/mcp/configurations/", {"name": "guarded", "url": oauth_server.url, "auth_type": "oauth"}
+    ).json()
+    connect(alice_api, Client(), mcp_configuration=configuration["id"])
+    call = f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/"
+    assert alice_api.post(call, {"name": "echo", "arguments": {"text": "before"}}).status_code == 200
+    with scoping.organization_scope(acme):
+        token = OAuthToken.objects.select_related("provider").get()
+        form = {
+            "token": token.access_token(),
+            "client_id": token.provider.client_id,
+            "client_secret": token.provider.client_secret(),
+        }
+    assert (
+        httpx.post(f"{oauth_server.base}/revoke", data=form, timeout=10).status_code == 200
+    )  # revoked behind our back
+    response = alice_api.post(call, {"name": "echo", "arguments": {"text": "after"}})
+    assert response.status_code == 409 and error_of(response)["code"] == "oauth_reauthorization_required"
+    assert error_of(response)["details"]["connection"] == token.pk
+    with scoping.organization_scope(acme):
+        token.refresh_from_db()
+    assert token.status == "needs_reauth"
