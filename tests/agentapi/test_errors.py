@@ -73,3 +73,15 @@ def test_session_writes_without_csrf_are_refused_in_the_error_shape(alice):
     response = client.post("/api/v1/members/", {"email": "x@acme.test"}, content_type="application/json")
     assert response.status_code == 403
     assert error_of(response)["code"] == "permission_denied"
+
+
+def test_strings_the_database_cannot_store_are_a_400_not_a_500(alice_api):
+    for body in (
+        '{"name": "a\\u0000b"}',
+        '{"na\\u0000me": "x"}',
+        '{"name": "\\ud800"}',
+        '{"scopes": ["ok", "\\udbaa"]}',
+    ):
+        response = alice_api.request("post", "/api/v1/oauth/providers/", body)
+        assert response.status_code == 400, body
+        assert error_of(response)["code"] == "malformed_request"
