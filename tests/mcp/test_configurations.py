@@ -223,7 +223,7 @@ def test_operators_manage_stdio_templates_and_code_injection_is_refused(operator
         {"env": {"PATH": "/tmp"}},
         {"env": {"NOT_ALLOWED": "x"}},
         {"arguments": {"--exec": "sh"}},
-        {"arguments": {"--local-timezone": "UTC\x00; rm -rf /"}},
+        {"arguments": {"--local-timezone": "UTC\n--exec=sh"}},
         {"command": "/bin/sh"},
         ["--anything"],
     ],
