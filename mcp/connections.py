@@ -40,7 +40,7 @@ def provider_for(configuration: MCPConfiguration, *, redirect_uri: str) -> OAuth
             token_endpoint=metadata["token_endpoint"],
             revocation_endpoint=metadata.get("revocation_endpoint") or "",
             issuer=str(metadata.get("issuer") or ""),
-            scopes=list(metadata.get("scopes_supported") or [])[:0],  # ask for what the server grants by default
+            scopes=[],  # no scope parameter: the server grants its default for this resource
             token_endpoint_auth_method=registration["token_endpoint_auth_method"],
             resource=found.resource,
         )

@@ -57,9 +57,6 @@ class MCPConfigurationViewSet(
     def perform_destroy(self, instance):
         services.mcp_configuration_delete(configuration=instance, principal=self.principal)
 
-    def _user_id(self):
-        return self.principal.membership.user_id
-
 
 @_non_atomic
 class MCPProxyViewSet(TenantViewSet):
