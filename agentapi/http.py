@@ -1,12 +1,14 @@
-"""Synchronous outbound HTTP to tenant-supplied or metadata-supplied URLs (OAuth providers).
+"""Outbound HTTP to tenant-supplied or metadata-supplied URLs, pinned to the checked address.
 
-Every request's URL passes agentapi.outbound.check_url() and the connection goes to the address
-that passed (the network backend is pinned to it; TLS still verifies the name). Redirects are not
-followed, proxies from the environment are ignored (they would carry the request past the pin),
-and every request has a timeout.
+Every request's URL passes agentapi.outbound.check_url() and the connection goes to an address
+that passed: the network backend refuses any other host or port and connects to the checked
+addresses only, so a second DNS answer (rebinding) cannot send the request elsewhere; TLS still
+verifies the name. Redirects are not followed and proxies from the environment are ignored (they
+would carry the request past the pin). `request()` serves synchronous callers (OAuth providers);
+`async_pinned_transport()` serves the MCP pool's sessions.
 
-The asynchronous twin for MCP sessions is in mcp/pool.py (_PinnedBackend); httpx2 has no parameter
-for the network backend, so both replace the connection pool the transport builds with an equal one.
+httpx2 has no parameter for the network backend, so the connection pool each transport builds is
+replaced by an equal one that connects through the pinned backend.
 """
 
 import httpcore2
@@ -16,33 +18,69 @@ from django.conf import settings
 from agentapi import outbound
 
 
+def _checked_addresses(checked: outbound.CheckedURL, host: str, port: int) -> tuple:
+    if host.strip("[]").lower() != checked.host.strip("[]") or port != checked.port:
+        raise httpcore2.ConnectError(f"refused: {host}:{port} is not the checked origin")
+    if not checked.addresses:
+        raise httpcore2.ConnectError("no address to connect to")
+    return checked.addresses
+
+
 class PinnedBackend(httpcore2.NetworkBackend):
     def __init__(self, checked: outbound.CheckedURL):
         self.checked = checked
         self.inner = httpcore2.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        if host.strip("[]").lower() != self.checked.host.strip("[]") or port != self.checked.port:
-            raise httpcore2.ConnectError(f"refused: {host}:{port} is not the checked origin")
         error = None
-        for address in self.checked.addresses:
+        for address in _checked_addresses(self.checked, host, port):
             try:
                 return self.inner.connect_tcp(str(address), port, timeout=timeout, socket_options=socket_options)
             except httpcore2.ConnectError as exc:
                 error = exc
-        raise error or httpcore2.ConnectError("no address to connect to")
+        raise error
 
     def sleep(self, seconds):
         self.inner.sleep(seconds)
 
 
-def request(method: str, url: str, *, timeout: float | None = None, **kwargs) -> httpx2.Response:
-    """One request to a checked, pinned URL. Raises OutboundURLRefused or httpx2.HTTPError."""
-    checked = outbound.check_url(url)
+class AsyncPinnedBackend(httpcore2.AsyncNetworkBackend):
+    def __init__(self, checked: outbound.CheckedURL):
+        self.checked = checked
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        error = None
+        for address in _checked_addresses(self.checked, host, port):
+            try:
+                return await self.inner.connect_tcp(str(address), port, timeout=timeout, socket_options=socket_options)
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error
+
+    async def sleep(self, seconds):
+        await self.inner.sleep(seconds)
+
+
+def pinned_transport(checked: outbound.CheckedURL) -> httpx2.HTTPTransport:
     transport = httpx2.HTTPTransport(trust_env=False)
     transport._pool = httpcore2.ConnectionPool(
         ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=PinnedBackend(checked)
     )
+    return transport
+
+
+def async_pinned_transport(checked: outbound.CheckedURL) -> httpx2.AsyncHTTPTransport:
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=AsyncPinnedBackend(checked)
+    )
+    return transport
+
+
+def request(method: str, url: str, *, timeout: float | None = None, **kwargs) -> httpx2.Response:
+    """One request to a checked, pinned URL. Raises OutboundURLRefused or httpx2.HTTPError."""
+    transport = pinned_transport(outbound.check_url(url))
     timeout = timeout or settings.OUTBOUND_TIMEOUT
     with httpx2.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
         return client.request(method, url, **kwargs)

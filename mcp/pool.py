@@ -32,7 +32,7 @@ import httpx2
 from django.conf import settings
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
-from agentapi import outbound
+from agentapi import http, outbound
 from agentapi.resilience import Breaker, BreakerOpen, SharedRedis, retry_async
 from mcp import Client, metrics, stdio
 from mcp.client.sse import sse_client
@@ -179,37 +179,9 @@ def _never_reached(exc: BaseException) -> bool:
     )
 
 
-class _PinnedBackend(httpcore2.AsyncNetworkBackend):
-    """Connects only to the addresses outbound.check_url() approved for the URL's host, so a
-    second DNS answer (rebinding) cannot send the request elsewhere. TLS still verifies the name."""
-
-    def __init__(self, checked: outbound.CheckedURL):
-        self.checked = checked
-        self.inner = httpcore2.AnyIOBackend()
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        if host.strip("[]").lower() != self.checked.host.strip("[]") or port != self.checked.port:
-            raise httpcore2.ConnectError(f"refused: {host}:{port} is not the checked origin")
-        error = None
-        for address in self.checked.addresses:
-            try:
-                return await self.inner.connect_tcp(str(address), port, timeout=timeout, socket_options=socket_options)
-            except httpcore2.ConnectError as exc:
-                error = exc
-        raise error or httpcore2.ConnectError("no address to connect to")
-
-    async def sleep(self, seconds):
-        await self.inner.sleep(seconds)
-
-
 def _http_client(checked: outbound.CheckedURL, headers: dict, entry=None, **kwargs) -> httpx2.AsyncClient:
-    # trust_env=False: an HTTP(S)_PROXY in the environment would carry the request past the pin.
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
-    # httpx2 has no parameter for the network backend; the pool it builds is replaced by an equal
-    # one that connects through _PinnedBackend.
-    transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=_PinnedBackend(checked)
-    )
+    # Connections go only to the addresses the outbound check approved (agentapi.http).
+    transport = http.async_pinned_transport(checked)
     timeout = httpx2.Timeout(settings.MCP_CALL_TIMEOUT, connect=settings.MCP_CONNECT_TIMEOUT)
 
     async def note_refusal(response):
