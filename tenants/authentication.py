@@ -7,12 +7,13 @@ tenants.security so that the audit log records them.
 """
 
 import functools
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
 import jwt
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
@@ -129,28 +130,46 @@ def _key_lookup_sql() -> str:
     )
 
 
-def _convert(field, value):
-    """What the ORM's compiler does to a column's value: the backend's converters (SQLite's
-    datetimes, for one), then the field's own (JSON)."""
-    col = field.get_col(field.model._meta.db_table)
-    for converter in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-        value = converter(value, col, connection)
-    return value
+# A connection's converters for the loaded fields, found once per connection (they depend on its
+# backend) instead of once per value on every request.
+_converters_by_connection = weakref.WeakKeyDictionary()
+
+
+def _converters(db) -> dict:
+    """Per model, each loaded field's converters: what the ORM's compiler applies to a column's
+    value (the backend's, SQLite's datetimes for one, then the field's own, JSON for one)."""
+    try:
+        return _converters_by_connection[db]
+    except KeyError:
+        pass
+    found = {}
+    for model in _LOADED:
+        found[model] = []
+        for field in _fields(model):
+            col = field.get_col(model._meta.db_table)
+            found[model].append((col, tuple(db.ops.get_db_converters(col) + col.get_db_converters(db))))
+    _converters_by_connection[db] = found
+    return found
 
 
 def _find_api_key(hashed: str) -> APIKey | None:
-    with connection.cursor() as cursor:
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
         cursor.execute(_key_lookup_sql(), [hashed])
         row = cursor.fetchone()
     if row is None:
         return None
+    converters = _converters(db)
     values = iter(row)
 
     def build(model):
-        fields = _fields(model)
-        return model.from_db(
-            "default", [field.attname for field in fields], [_convert(f, next(values)) for f in fields]
-        )
+        loaded = []
+        for col, field_converters in converters[model]:
+            value = next(values)
+            for converter in field_converters:
+                value = converter(value, col, db)
+            loaded.append(value)
+        return model.from_db(DEFAULT_DB_ALIAS, [field.attname for field in _fields(model)], loaded)
 
     api_key, membership, user, organization = build(APIKey), build(Membership), build(User), build(Organization)
     membership.user, membership.organization = user, organization

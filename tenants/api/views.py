@@ -1,3 +1,4 @@
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.response import Response
@@ -86,7 +87,8 @@ class APIKeyViewSet(mixins.RetrieveModelMixin, TenantViewSet):
         # The shape is APIKeySerializer's: tests/tenants/test_api_keys.py compares the two.
         rows = self.get_queryset().values(*s.APIKeySerializer.VALUES)
         page = self.paginate_queryset(rows)
-        return self.get_paginated_response([s.APIKeySerializer.from_values(row) for row in page])
+        now = timezone.now()  # one "now" for the page's statuses, not a clock read per row
+        return self.get_paginated_response([s.APIKeySerializer.from_values(row, now) for row in page])
 
     def get_permissions(self):
         if self.action == "create":

@@ -34,7 +34,7 @@ def prepare() -> tuple[str, dict]:
 
     django.setup()
     from django.db import connection
-    from django.test import Client
+    from django.test import Client, override_settings
     from django.test.utils import CaptureQueriesContext
 
     from tenants import scoping, services
@@ -46,7 +46,11 @@ def prepare() -> tuple[str, dict]:
     key = keys[0]
     client = Client()
     headers = {"Authorization": f"Bearer {key}"}
-    assert len(client.get("/api/v1/api-keys/", headers=headers).json()["results"]) == 50
+    listed = client.get("/api/v1/api-keys/", headers=headers).json()["results"]
+    assert len(listed) == 50
+    with override_settings(ROOT_URLCONF="tests.benchmarks.urls"):
+        # The probe reads exactly what the list shows, or its figure would mean nothing.
+        assert client.get("/bench/floor/", headers=headers).json()["results"] == listed
 
     def statements(path):
         scope_before = connection.scope_statements
@@ -119,7 +123,11 @@ def main() -> int:
     key, costs = prepare()
     workdir = Path(tempfile.mkdtemp(prefix="agentapi-bench-"))
     server, base = serve(workdir)
-    targets = {"hello-world": (base + "/bench/hello/", None), "api-keys list (50)": (base + "/api/v1/api-keys/", key)}
+    targets = {
+        "hello-world": (base + "/bench/hello/", None),
+        "api-keys list (50)": (base + "/api/v1/api-keys/", key),
+        "floor probe (50)": (base + "/bench/floor/", key),
+    }
     results = {name: {"rps": 0.0, "p50_ms": float("inf")} for name in targets}
     try:
         for name, (url, credential) in targets.items():
@@ -138,13 +146,17 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    hello, listing = results["hello-world"], results["api-keys list (50)"]
+    hello, listing, floor = results["hello-world"], results["api-keys list (50)"], results["floor probe (50)"]
     print(f"\n{'endpoint':<22}{'p50 @1 conn':>14}{'req/s @32 conn':>18}")
     for name, result in results.items():
         print(f"{name:<22}{result['p50_ms']:>11.2f} ms{result['rps']:>18.0f}")
     throughput_ratio = listing["rps"] / hello["rps"]
     print(f"\nlist / hello-world throughput: {throughput_ratio:.0%}  (target >= 35%)")
     print(f"list / hello-world p50 latency: {listing['p50_ms'] / hello['p50_ms']:.2f}x")
+    print(
+        f"floor probe / hello-world throughput: {floor['rps'] / hello['rps']:.0%}  (the same authentication, "
+        "scope and rows with no ORM and no paginator: tests/benchmarks/urls.py)"
+    )
     print(
         f"queries per list request: {costs['queries']}, of which authentication: {costs['auth_queries']} "
         f"(target <= 1); plus {costs['scope_statements']} row-level security scope statements"
