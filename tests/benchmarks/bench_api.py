@@ -5,8 +5,10 @@
 Both are served production-style in the same run (gunicorn, uvicorn workers, production settings,
 PostgreSQL with row-level security, Redis) and loaded with wrk on loopback. Printed: p50 latency at
 one connection and requests per second at 32 connections, each as a ratio to the hello-world
-measured in the same run, and the queries authentication adds. Targets (issue #2): the list at no
-less than 35% of the hello-world's throughput; authentication adding at most one query.
+measured in the same run; the CPU each request cost the web processes and PostgreSQL; and the
+queries authentication adds. Targets (issue #2): the list at no less than 35% of the hello-world's
+throughput; authentication adding at most one query. A third row, the floor probe
+(tests/benchmarks/urls.py), shows what the list costs at the least.
 """
 
 import base64
@@ -117,6 +119,34 @@ def wrk(url: str, connections: int, seconds: int, key: str | None) -> dict:
     return {"rps": rps, "p50_ms": float(p50.group(1)) * scale}
 
 
+def cpu_seconds(server_pid: int) -> dict:
+    """CPU seconds used so far by each web process (gunicorn and its workers) and each PostgreSQL
+    process, read from /proc: where a request's cost goes, beside how many requests there were."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if int(pid) == server_pid or int(fields[1]) == server_pid:
+            used[pid] = ("web", seconds)
+        elif name.startswith("postgres"):
+            used[pid] = ("postgres", seconds)
+    return used
+
+
+def cpu_between(before: dict, after: dict) -> dict:
+    """Per part, the CPU seconds its processes used between two readings (a process that ended in
+    between is left out rather than counted negative)."""
+    spent = {"web": 0.0, "postgres": 0.0}
+    for pid, (part, seconds) in after.items():
+        spent[part] += seconds - before.get(pid, (part, 0.0))[1]
+    return spent
+
+
 def main() -> int:
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
@@ -128,16 +158,21 @@ def main() -> int:
         "api-keys list (50)": (base + "/api/v1/api-keys/", key),
         "floor probe (50)": (base + "/bench/floor/", key),
     }
-    results = {name: {"rps": 0.0, "p50_ms": float("inf")} for name in targets}
+    results = {name: {"rps": 0.0, "p50_ms": float("inf"), "cpu": {}} for name in targets}
     try:
         for name, (url, credential) in targets.items():
             wrk(url, 8, 2, credential)  # warm up connections, caches and the workers
         for _round in range(2):  # alternate, keep each one's best: the machine is shared and noisy
             for name, (url, credential) in targets.items():
                 one = wrk(url, 1, 5, credential)
+                before = cpu_seconds(server.pid)
                 many = wrk(url, 32, 8, credential)
+                after = cpu_seconds(server.pid)
                 results[name]["p50_ms"] = min(results[name]["p50_ms"], one["p50_ms"])
-                results[name]["rps"] = max(results[name]["rps"], many["rps"])
+                if many["rps"] > results[name]["rps"]:
+                    requests = many["rps"] * 8
+                    cpu = {part: spent * 1000 / requests for part, spent in cpu_between(before, after).items()}
+                    results[name].update(rps=many["rps"], cpu=cpu)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -147,9 +182,12 @@ def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     hello, listing, floor = results["hello-world"], results["api-keys list (50)"], results["floor probe (50)"]
-    print(f"\n{'endpoint':<22}{'p50 @1 conn':>14}{'req/s @32 conn':>18}")
+    print(f"\n{'endpoint':<22}{'p50 @1 conn':>14}{'req/s @32 conn':>18}{'CPU/request: web':>20}{'postgres':>11}")
     for name, result in results.items():
-        print(f"{name:<22}{result['p50_ms']:>11.2f} ms{result['rps']:>18.0f}")
+        print(
+            f"{name:<22}{result['p50_ms']:>11.2f} ms{result['rps']:>18.0f}"
+            f"{result['cpu']['web']:>17.2f} ms{result['cpu']['postgres']:>8.2f} ms"
+        )
     throughput_ratio = listing["rps"] / hello["rps"]
     print(f"\nlist / hello-world throughput: {throughput_ratio:.0%}  (target >= 35%)")
     print(f"list / hello-world p50 latency: {listing['p50_ms'] / hello['p50_ms']:.2f}x")
