@@ -113,6 +113,11 @@ def _fields(model) -> tuple:
 
 
 @functools.cache
+def _attnames(model) -> list:
+    return [field.attname for field in _fields(model)]
+
+
+@functools.cache
 def _key_lookup_sql() -> str:
     def columns(alias, model):
         return [f'{alias}."{field.column}"' for field in _fields(model)]
@@ -169,7 +174,7 @@ def _find_api_key(hashed: str) -> APIKey | None:
             for converter in field_converters:
                 value = converter(value, col, db)
             loaded.append(value)
-        return model.from_db(DEFAULT_DB_ALIAS, [field.attname for field in _fields(model)], loaded)
+        return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), loaded)
 
     api_key, membership, user, organization = build(APIKey), build(Membership), build(User), build(Organization)
     membership.user, membership.organization = user, organization
