@@ -189,6 +189,15 @@ def _database(url: str) -> dict:
             # A health check is a round trip at the start of every request; without it a broken
             # connection fails one request and is then replaced.
             config["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=False)
+    elif config["ENGINE"] == "django.db.backends.sqlite3":
+        # The embedded profile has several writers (web threads, the Celery worker and beat). A
+        # deferred SQLite transaction that reads and then writes (a key's first use, an audited
+        # change) fails at once with "database is locked" when another writer got in between;
+        # taking the write lock at BEGIN makes it wait its turn (up to `timeout` seconds) instead.
+        # WAL lets reads outside a transaction go on meanwhile.
+        config.setdefault("OPTIONS", {}).update(
+            transaction_mode="IMMEDIATE", timeout=20, init_command="PRAGMA journal_mode=WAL;"
+        )
     config["ATOMIC_REQUESTS"] = True
     return config
 
