@@ -1,15 +1,18 @@
-"""The hash chain: how an event's hash is computed, appended, and verified."""
+"""The hash chain: how an event's hash is computed, and how a chain is verified.
+
+Events are chained after they are written, by one writer (audit.sequencer); verification walks
+what is chained and reports what still waits.
+"""
 
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
-from django.db import connection
+from django.db.models import Count, Min
+from django.utils import timezone
 
 from audit.models import GENESIS_HASH, AuditChainAnchor, AuditEvent
-
-# Advisory-lock namespace for "append to the audit chain of organization N".
-_LOCK_NAMESPACE = 0x4155  # "AU"
 
 HASHED_FIELDS = (
     "organization_id",
@@ -38,17 +41,13 @@ def compute_hash(event: AuditEvent, prev_hash: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _lock_chain(organization_id: int | None) -> None:
-    """Serialize appends to one chain until the transaction ends (PostgreSQL; SQLite has one writer)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_NAMESPACE, organization_id or 0])
-
-
 def chain_head(organization_id: int | None) -> tuple[int, str]:
     """The seq and hash the next event of this chain follows."""
     last = (
-        AuditEvent.objects.filter(organization_id=organization_id).order_by("-seq").values_list("seq", "hash").first()
+        AuditEvent.objects.filter(organization_id=organization_id, seq__isnull=False)
+        .order_by("-seq")
+        .values_list("seq", "hash")
+        .first()
     )
     if last is None:
         last = (
@@ -60,15 +59,25 @@ def chain_head(organization_id: int | None) -> tuple[int, str]:
     return last or (0, GENESIS_HASH)
 
 
-def append(event: AuditEvent) -> AuditEvent:
-    """Give the event its place in its organization's chain and insert it. Call inside a transaction."""
-    _lock_chain(event.organization_id)
-    seq, prev_hash = chain_head(event.organization_id)
-    event.seq = seq + 1
-    event.prev_hash = prev_hash
-    event.hash = compute_hash(event, prev_hash)
-    event.save(force_insert=True)
-    return event
+@dataclass(frozen=True)
+class Waiting:
+    """Events written but not chained yet, and when the oldest of them happened."""
+
+    count: int
+    oldest: datetime | None
+
+    def as_dict(self) -> dict:
+        age = (timezone.now() - self.oldest).total_seconds() if self.oldest else None
+        return {"pending": self.count, "oldest_pending_seconds": None if age is None else round(max(age, 0.0), 3)}
+
+
+def waiting(organization_id: int | None = None, *, every_chain: bool = False) -> Waiting:
+    """What the sequencer has still to chain: in one organization's chain, or in all (every_chain)."""
+    events = AuditEvent.objects.filter(hash__isnull=True)
+    if not every_chain:
+        events = events.filter(organization_id=organization_id)
+    found = events.aggregate(count=Count("id"), oldest=Min("occurred_at"))
+    return Waiting(found["count"], found["oldest"])
 
 
 @dataclass
@@ -92,7 +101,7 @@ def verify(organization_id: int | None, *, chunk_size: int = 2000) -> tuple[int,
     )
     expected_seq, expected_prev = (anchor[0] + 1, anchor[1]) if anchor else (1, GENESIS_HASH)
     checked, after = 0, 0
-    events = AuditEvent.objects.filter(organization_id=organization_id).order_by("seq")
+    events = AuditEvent.objects.filter(organization_id=organization_id, seq__isnull=False).order_by("seq")
     while True:
         chunk = list(events.filter(seq__gt=after)[:chunk_size])
         if not chunk:

@@ -2,9 +2,15 @@
 
 Each organization's events form a hash chain: an event's hash covers its own fields and the hash of
 the event before it in the same organization, so a row edited, removed or inserted behind the
-application's back breaks the chain at that point (audit.chain.verify). The application's database
-role may only SELECT and INSERT here, and a trigger refuses UPDATE, DELETE and TRUNCATE from anyone
-outside the owner's explicit maintenance path (agentapi.db.operations.MakeAppendOnly).
+application's back breaks the chain at that point (audit.chain.verify).
+
+An event is written with one INSERT that takes no lock (its `seq`, `prev_hash` and `hash` empty), so
+that no request waits on another to append; one writer, the sequencer (audit.sequencer), gives the
+waiting events their place in their chains in batches, about a second later. The application's
+database role may SELECT and INSERT here, and UPDATE only the chain's columns; a trigger refuses
+any UPDATE but that one (filling in an unchained event's chain columns, once, nothing else), and
+every DELETE and TRUNCATE from anyone outside the owner's explicit maintenance path
+(agentapi.db.operations.MakeAppendOnly, ChainedOnce).
 
 No foreign key cascades into this table: the actor and organization are kept as ids plus a
 snapshot, so deleting a user or an organization leaves its history intact.
@@ -32,6 +38,8 @@ class ActorType(models.TextChoices):
 
 class AuditEvent(models.Model):
     append_only = True
+    # Filled in once by the sequencer, and the only columns the application role may update.
+    chain_fields = ("seq", "prev_hash", "hash", "chained_at")
 
     organization = models.ForeignKey(
         "tenants.Organization",
@@ -42,7 +50,9 @@ class AuditEvent(models.Model):
         related_name="+",
         help_text="Empty for platform events with no organization (a failed sign-in with an unknown key).",
     )
-    seq = models.BigIntegerField(help_text="Position in the organization's chain, from 1.")
+    seq = models.BigIntegerField(
+        null=True, blank=True, help_text="Position in the organization's chain, from 1; empty until chained."
+    )
     occurred_at = models.DateTimeField(db_index=True)
     actor_type = models.CharField(max_length=16, choices=ActorType.choices)
     actor_user_id = models.BigIntegerField(null=True, blank=True)
@@ -57,17 +67,25 @@ class AuditEvent(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    prev_hash = models.CharField(max_length=64, null=True, blank=True)
+    hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    chained_at = models.DateTimeField(null=True, blank=True, help_text="When the sequencer chained it.")
 
     objects = TenantManager()
 
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(fields=["organization", "seq"], name="audit_event_chain_seq", nulls_distinct=False)
+            models.UniqueConstraint(
+                fields=["organization", "seq"],
+                name="audit_event_chain_seq",
+                condition=models.Q(seq__isnull=False),
+                nulls_distinct=False,
+            )
         ]
         indexes = [
+            # The sequencer's queue: small, because events wait in it about a second.
+            models.Index(fields=["id"], name="audit_unchained", condition=models.Q(hash__isnull=True)),
             models.Index(fields=["organization", "action"], name="audit_org_action"),
             models.Index(fields=["organization", "target_type", "target_id"], name="audit_org_target"),
         ]

@@ -20,7 +20,10 @@ from tenants import scoping
 
 def _purge_chain(using: str, organization_id: int | None, cutoff) -> int:
     events = AuditEvent._base_manager.using(using).filter(organization_id=organization_id)
-    last = events.filter(occurred_at__lt=cutoff).order_by("-seq").values_list("seq", "hash").first()
+    # Only what is chained: an event still waiting for the sequencer is never purged.
+    last = (
+        events.filter(occurred_at__lt=cutoff, seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
+    )
     if last is None:
         return 0
     AuditChainAnchor._base_manager.using(using).create(organization_id=organization_id, seq=last[0], hash=last[1])
@@ -40,7 +43,7 @@ def audit_events_purge(*, older_than_days: int) -> dict[int | None, int]:
                 cursor.execute("SELECT set_config('app.privileged_maintenance', 'on', true)")
         chains = (
             AuditEvent._base_manager.using(using)
-            .filter(occurred_at__lt=cutoff)
+            .filter(occurred_at__lt=cutoff, seq__isnull=False)
             .values_list("organization_id", flat=True)
             .distinct()
         )

@@ -1,14 +1,18 @@
-"""Recording audit events, in the same transaction as the change they describe."""
+"""Recording audit events, in the same transaction as the change they describe.
+
+Recording is one INSERT that takes no lock: the event enters its organization's hash chain a
+moment later, when the sequencer (audit.sequencer) chains it. `audit_event_fields` is what both
+planes record: the management plane inserts it through the ORM here, the data plane through its
+async database module (agentapi.db.aio).
+"""
 
 import json
 import re
 
-from django.db import transaction
 from django.utils import timezone
 
 from agentapi import context as request_context
 from agentapi.db.scope import DatabaseScope, use_scope
-from audit import chain
 from audit.models import ActorType, AuditEvent, Outcome
 from tenants import scoping
 
@@ -64,8 +68,7 @@ def _target(target) -> tuple[str, str]:
     return target._meta.label_lower, str(target.pk)
 
 
-@transaction.atomic
-def audit_record(
+def audit_event_fields(
     action: str,
     *,
     target=None,
@@ -73,32 +76,46 @@ def audit_record(
     details: dict | None = None,
     organization_id: int | None = None,
     actor: scoping.Actor | None = None,
-) -> AuditEvent:
-    """Append an event to its organization's chain (the one in scope unless given).
-
-    Joins the caller's transaction: when the change it records rolls back, so does the event.
-    """
+) -> dict:
+    """The event's columns (unchained), for the organization in scope unless one is given."""
     state = scoping.current()
     if organization_id is None and state.organization is not None:
         organization_id = state.organization.pk
     target_type, target_id = _target(target)
-    event = AuditEvent(
-        organization_id=organization_id,
-        occurred_at=timezone.now(),
-        action=action,
-        target_type=target_type,
-        target_id=target_id,
-        outcome=outcome,
-        details=_details(details),
+    return {
+        "organization_id": organization_id,
+        "occurred_at": timezone.now(),
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "outcome": outcome,
+        "details": _details(details),
         **_actor_fields(actor or state.actor),
         **_request_fields(),
-    )
-    # The audit writer is the one component that appends to chains of any organization (a failed
-    # sign-in names no organization in scope). It sets the database scope to the event's own
-    # organization, or to the platform chain, and nothing else.
+    }
+
+
+def event_scope(organization_id: int | None) -> DatabaseScope:
+    """The database scope an event is written in: its own organization, or the platform chain.
+
+    The audit writer is the one component that writes to chains of any organization (a failed
+    sign-in names no organization in scope), and it sets nothing wider than the event's own.
+    """
     if organization_id is None:
-        db_scope = DatabaseScope(all_organizations=True)
-    else:
-        db_scope = DatabaseScope(organization_ids=(organization_id,))
-    with scoping.dangerously_all_organizations(reason="audit write", record=False), use_scope(db_scope):
-        return chain.append(event)
+        return DatabaseScope(all_organizations=True)
+    return DatabaseScope(organization_ids=(organization_id,))
+
+
+def audit_record(action: str, **kwargs) -> AuditEvent:
+    """Write an event (see audit_event_fields for the arguments): one INSERT, no lock.
+
+    Joins the caller's transaction, if any: when the change it records rolls back, so does the
+    event. Outside one (autocommit) it is committed when this returns.
+    """
+    event = AuditEvent(**audit_event_fields(action, **kwargs))
+    with (
+        scoping.dangerously_all_organizations(reason="audit write", record=False),
+        use_scope(event_scope(event.organization_id)),
+    ):
+        event.save(force_insert=True)
+    return event

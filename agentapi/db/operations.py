@@ -73,6 +73,13 @@ class EnableRowLevelSecurity(_PostgresOnly):
 REFUSE_CHANGE_FUNCTION = """
 CREATE OR REPLACE FUNCTION agentapi_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- With arguments (ChainedOnce): an UPDATE that fills in the named columns of a row whose first
+    -- named column is still NULL, and changes nothing else, is the one update allowed.
+    IF TG_OP = 'UPDATE' AND TG_NARGS > 0
+       AND to_jsonb(OLD) ->> TG_ARGV[0] IS NULL AND to_jsonb(NEW) ->> TG_ARGV[0] IS NOT NULL
+       AND (to_jsonb(NEW) - TG_ARGV) = (to_jsonb(OLD) - TG_ARGV) THEN
+        RETURN NEW;
+    END IF;
     -- Only the tables' owner, inside an explicit maintenance transaction, may remove rows.
     IF TG_OP IN ('DELETE', 'TRUNCATE')
        AND current_setting('app.privileged_maintenance', true) = 'on'
@@ -118,4 +125,37 @@ class MakeAppendOnly(_PostgresOnly):
         return [
             f'DROP TRIGGER IF EXISTS append_only_rows ON "{table}"',
             f'DROP TRIGGER IF EXISTS append_only_truncate ON "{table}"',
+        ]
+
+
+class ChainedOnce(_PostgresOnly):
+    """On an append-only table, allow one UPDATE per row: filling in `fields` while the first of
+    them is still NULL, with every other column unchanged. The audit log's sequencer chains events
+    this way; once chained, an event is as immutable as before (MakeAppendOnly's trigger, given
+    the fields as arguments)."""
+
+    def __init__(self, model_name, fields):
+        self.model_name = model_name
+        self.fields = tuple(fields)
+
+    def deconstruct(self):
+        return self.__class__.__name__, [], {"model_name": self.model_name, "fields": self.fields}
+
+    def describe(self):
+        return f"Let {self.model_name}'s {', '.join(self.fields)} be filled in once"
+
+    def forwards_sql(self, table):
+        arguments = ", ".join(f"'{name}'" for name in self.fields)
+        return [
+            REFUSE_CHANGE_FUNCTION,
+            f'DROP TRIGGER IF EXISTS append_only_rows ON "{table}"',
+            f'CREATE TRIGGER append_only_rows BEFORE UPDATE OR DELETE ON "{table}" '
+            f"FOR EACH ROW EXECUTE FUNCTION agentapi_refuse_change({arguments})",
+        ]
+
+    def backwards_sql(self, table):
+        return [
+            f'DROP TRIGGER IF EXISTS append_only_rows ON "{table}"',
+            f'CREATE TRIGGER append_only_rows BEFORE UPDATE OR DELETE ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION agentapi_refuse_change()",
         ]

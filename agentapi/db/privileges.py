@@ -2,7 +2,9 @@
 
 `migrate` runs as the tables' owner (DATABASE_OWNER_URL) and then calls grant_application_role():
 the application role may read and write tenant tables (row-level security decides which rows),
-and may only read and insert into append-only tables (models with `append_only = True`).
+and may only read and insert into append-only tables (models with `append_only = True`), except
+for the columns such a model names in `chain_fields`, which it may update (the trigger of
+agentapi.db.operations.ChainedOnce lets them be filled in once, nothing more).
 """
 
 from django.apps import apps
@@ -35,6 +37,10 @@ def grant_application_role(using: str) -> list[str]:
         if getattr(model, "append_only", False):
             table = quote(model._meta.db_table)
             statements.append(f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {role}")
+            chain_fields = getattr(model, "chain_fields", ())
+            if chain_fields:
+                columns = ", ".join(quote(model._meta.get_field(name).column) for name in chain_fields)
+                statements.append(f"GRANT UPDATE ({columns}) ON {table} TO {role}")
     with connection.cursor() as cursor:
         for statement in statements:
             cursor.execute(statement)

@@ -246,6 +246,13 @@ CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "audit.tasks.audit_events_purge_expired", "schedule": 24 * 3600.0},
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
     "refresh-oauth-tokens": {"task": "oauth.tasks.oauth_tokens_refresh_expiring", "schedule": 60.0},
+    # The audit log's sequencer; a run the worker could not start within a few seconds is dropped
+    # (the next one chains what it would have).
+    "chain-audit-events": {
+        "task": "audit.tasks.audit_chain_extend",
+        "schedule": 1.0,
+        "options": {"expires": 5.0},
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -322,6 +329,9 @@ JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
 API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
 # Audit events older than this many days are purged by the scheduled job (0 keeps them forever).
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
+# Seconds between runs of the sequencer that chains written audit events (audit.sequencer).
+AUDIT_SEQUENCER_INTERVAL = env.float("AUDIT_SEQUENCER_INTERVAL", default=1.0)
+CELERY_BEAT_SCHEDULE["chain-audit-events"]["schedule"] = AUDIT_SEQUENCER_INTERVAL
 
 # OAuth connections.
 OAUTH_REDIRECT_URI = env.str(

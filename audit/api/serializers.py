@@ -92,3 +92,7 @@ class VerificationSerializer(serializers.Serializer):
     ok = serializers.BooleanField()
     checked = serializers.IntegerField()
     first_break = serializers.DictField(allow_null=True)
+    pending = serializers.IntegerField(help_text="Events written but not chained yet (the sequencer chains them).")
+    oldest_pending_seconds = serializers.FloatField(
+        allow_null=True, help_text="Age of the oldest event still waiting to be chained."
+    )

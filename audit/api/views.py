@@ -53,12 +53,18 @@ class AuditEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
 
 
 class AuditVerifyView(TenantAPIViewMixin, APIView):
-    """Walk the caller's organization's hash chain and report the first broken link, if any."""
+    """Walk the caller's organization's hash chain and report the first broken link, if any, and
+    the events still waiting to be chained."""
 
     permission_classes = [IsOrganizationManager]
 
     @extend_schema(responses=VerificationSerializer)
     def get(self, request):
         checked, first_break = chain.verify(self.principal.organization.pk)
-        body = {"ok": first_break is None, "checked": checked, "first_break": first_break and first_break.as_dict()}
+        body = {
+            "ok": first_break is None,
+            "checked": checked,
+            "first_break": first_break and first_break.as_dict(),
+            **chain.waiting(self.principal.organization.pk).as_dict(),
+        }
         return Response(body)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit import chain
 from audit.models import AuditChainAnchor, AuditEvent
+from audit.sequencer import audit_chain_extend
 from audit.services import audit_record
 from tenants import scoping, services
 from tests.conftest import Api, committed, error_of, make_member, streamed
@@ -98,11 +99,14 @@ def test_the_actor_snapshot_survives_the_users_deletion(alice_api, bob, acme):
     with scoping.organization_scope(acme):
         event = AuditEvent.objects.get(action="tenants.membership.delete", target_id=str(bob.pk))
         assert event.actor_label == "alice@acme.test"
+    audit_chain_extend()
+    with scoping.organization_scope(acme):
         assert chain.verify(acme.pk)[1] is None
 
 
 def test_each_organization_has_its_own_unbroken_chain(alice, charlie, acme, globex):
     make_member(acme, "more@acme.test", "member")
+    audit_chain_extend()
     for organization in (acme, globex):
         with scoping.organization_scope(organization):
             seqs = list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
@@ -126,6 +130,7 @@ def test_concurrent_writers_keep_one_chain(acme):
         thread.start()
     for thread in threads:
         thread.join()
+    audit_chain_extend()
     with scoping.organization_scope(acme):
         assert AuditEvent.objects.filter(action="test.concurrent.write").count() == 40
         assert chain.verify(acme.pk) == (AuditEvent.objects.count(), None)
@@ -136,6 +141,7 @@ def test_tampering_behind_the_applications_back_is_found(alice, acme, alice_api)
     for i in range(5):
         with scoping.organization_scope(acme):
             audit_record("test.tamper.write", details={"i": i})
+    audit_chain_extend()
     with scoping.organization_scope(acme):
         victim = AuditEvent.objects.filter(action="test.tamper.write").order_by("seq")[2]
     assert alice_api.get("/api/v1/audit/verify/").json()["ok"] is True
@@ -160,6 +166,8 @@ def test_a_deleted_event_breaks_the_chain(alice, acme):
     with scoping.organization_scope(acme):
         for i in range(3):
             audit_record("test.delete.write", details={"i": i})
+    audit_chain_extend()
+    with scoping.organization_scope(acme):
         victim = AuditEvent.objects.order_by("seq")[1]
     owner_sql("DELETE FROM audit_auditevent WHERE id = %s", [victim.pk])
     with scoping.organization_scope(acme):
@@ -171,6 +179,7 @@ def test_purge_removes_old_events_through_the_privileged_path_and_verification_s
     with scoping.organization_scope(acme):
         for i in range(4):
             audit_record("test.old.write", details={"i": i})
+    audit_chain_extend()
     owner_sql("UPDATE audit_auditevent SET occurred_at = occurred_at - interval '40 days'")
     # The rewritten timestamps break the hashes; rehash as if these events were really old.
     with transaction.atomic(using="owner"), connections["owner"].cursor() as cursor:
@@ -187,11 +196,13 @@ def test_purge_removes_old_events_through_the_privileged_path_and_verification_s
     with scoping.organization_scope(acme):
         audit_record("test.recent.write")
         total = AuditEvent.objects.count()
+    audit_chain_extend()
 
     out = io.StringIO()
     call_command("purge_audit_events", "--older-than", "30", stdout=out)
     assert "Purged" in out.getvalue()
 
+    audit_chain_extend()
     with scoping.organization_scope(acme):
         remaining = list(AuditEvent.objects.order_by("seq").values_list("action", flat=True))
         assert remaining == ["test.recent.write", "audit.events.purge"]
