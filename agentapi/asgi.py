@@ -9,16 +9,20 @@ thread per request, and with it a new database connection.
 Our API views are synchronous, so this handler loads the synchronous middleware chain and runs it
 in one hand-off, on a fixed pool of worker threads that keep their database connections
 (agentapi.workers). It stays an ASGI application: the event loop, streaming responses (async
-iterators, as the audit export uses) and, later, natively async endpoints.
+iterators, as the audit export uses), and the data plane: the routes in DATA_PLANE_ROUTES are
+answered natively on the event loop by agentapi.dataplane, before Django (DESIGN.md, two planes).
 """
 
 import os
 
 import django
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
 from django.http import FileResponse
+from django.utils.module_loading import import_string
 
+from agentapi import dataplane
 from agentapi.workers import in_worker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentapi.settings.local")
@@ -30,6 +34,14 @@ class SyncChainASGIHandler(ASGIHandler):
 
         super().__init__()
         workers.serve_on_pool()
+        self._started = False
+        self._data_plane = dataplane.enabled()
+
+    def _start(self):
+        # On the server's loop, before the first request: the MCP pool adopts this loop.
+        self._started = True
+        for path in settings.EVENT_LOOP_STARTUP:
+            import_string(path)()
 
     def load_middleware(self, is_async=False):
         super().load_middleware(is_async=False)
@@ -38,10 +50,16 @@ class SyncChainASGIHandler(ASGIHandler):
         # Unlike the stock handler, no per-request ThreadSensitiveContext: Django's own
         # bookkeeping hops (request signals, closing the response) share one thread, and the
         # request's work runs on the worker pool.
+        if not self._started:
+            self._start()
         if scope["type"] == "lifespan":
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if self._data_plane:
+            found = dataplane.match(scope)
+            if found is not None:
+                return await dataplane.serve(*found, scope, receive, send)
         await self.handle(scope, receive, send)
 
     async def _lifespan(self, receive, send):

@@ -87,11 +87,29 @@ def exception_handler(exc, context):
     code, message, details = _describe(exc)
     response.data = error_body(code, message, details)
     if response.status_code == 401 and response.has_header("WWW-Authenticate"):
-        # RFC 6750: say why a presented token was refused (not when none was presented).
-        if not isinstance(exc, exceptions.NotAuthenticated):
-            description = message.replace('"', "'")
-            response["WWW-Authenticate"] += f', error="invalid_token", error_description="{description}"'
+        response["WWW-Authenticate"] = _www_authenticate(exc, message, response["WWW-Authenticate"])
     return response
+
+
+def _www_authenticate(exc, message: str, challenge: str) -> str:
+    # RFC 6750: say why a presented token was refused (not when none was presented).
+    if isinstance(exc, exceptions.NotAuthenticated):
+        return challenge
+    description = message.replace('"', "'")
+    return challenge + f', error="invalid_token", error_description="{description}"'
+
+
+def api_error_parts(exc: exceptions.APIException, *, challenge: str) -> tuple[int, dict, dict]:
+    """(status, body, headers) for a client error, exactly as the management API answers it: the
+    data plane, which has no DRF view, answers its errors with this."""
+    code, message, details = _describe(exc)
+    headers = {}
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        headers["WWW-Authenticate"] = _www_authenticate(exc, message, challenge)
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(int(wait))
+    return exc.status_code, error_body(code, message, details), headers
 
 
 def _json_error(status_code: int, code: str, message: str) -> JsonResponse:

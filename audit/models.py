@@ -67,7 +67,8 @@ class AuditEvent(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     request_id = models.CharField(max_length=128, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    prev_hash = models.CharField(max_length=64, null=True, blank=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    # NULL until chained: unique, and every waiting event must be allowed to lack one.
     hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
     chained_at = models.DateTimeField(null=True, blank=True, help_text="When the sequencer chained it.")
 

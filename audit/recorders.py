@@ -7,7 +7,7 @@ very error they describe.
 """
 
 import logging
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 
 from django.apps import apps
@@ -56,6 +56,30 @@ def deferred_security_events():
                 _write(kind, facts, state)
             except Exception:  # the response is already decided; never turn it into a 500
                 logger.exception("Could not record a security event", extra={"kind": kind})
+
+
+@asynccontextmanager
+async def deferred_security_events_async():
+    """deferred_security_events for the data plane: the events are written by the same code, on
+    a worker thread (they are rare: a refused credential, a lookup into another organization)."""
+    from agentapi.workers import in_worker
+
+    token = _pending.set([])
+    try:
+        yield
+    finally:
+        pending = _pending.get()
+        _pending.reset(token)
+        if pending:
+            await in_worker(_write_all)(pending)
+
+
+def _write_all(pending):
+    for kind, facts, state in pending:
+        try:
+            _write(kind, facts, state)
+        except Exception:  # the response is already decided; never turn it into a 500
+            logger.exception("Could not record a security event", extra={"kind": kind})
 
 
 def _write(kind, facts, state):

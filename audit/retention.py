@@ -21,9 +21,7 @@ from tenants import scoping
 def _purge_chain(using: str, organization_id: int | None, cutoff) -> int:
     events = AuditEvent._base_manager.using(using).filter(organization_id=organization_id)
     # Only what is chained: an event still waiting for the sequencer is never purged.
-    last = (
-        events.filter(occurred_at__lt=cutoff, seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
-    )
+    last = events.filter(occurred_at__lt=cutoff, seq__isnull=False).order_by("-seq").values_list("seq", "hash").first()
     if last is None:
         return 0
     AuditChainAnchor._base_manager.using(using).create(organization_id=organization_id, seq=last[0], hash=last[1])

@@ -12,6 +12,7 @@ import re
 from django.utils import timezone
 
 from agentapi import context as request_context
+from agentapi.db import aio
 from agentapi.db.scope import DatabaseScope, use_scope
 from audit.models import ActorType, AuditEvent, Outcome
 from tenants import scoping
@@ -119,3 +120,12 @@ def audit_record(action: str, **kwargs) -> AuditEvent:
     ):
         event.save(force_insert=True)
     return event
+
+
+async def audit_record_async(action: str, **kwargs) -> None:
+    """audit_record for the data plane: the same event, one INSERT through agentapi.db.aio,
+    committed when this returns."""
+    fields = audit_event_fields(action, **kwargs)
+    fields["prev_hash"] = ""
+    statement = aio.insert_sql(AuditEvent, list(fields))
+    await aio.run(event_scope(fields["organization_id"]), [(statement, list(fields.values()))])

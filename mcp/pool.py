@@ -33,6 +33,7 @@ from django.conf import settings
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from agentapi import http, outbound
+from agentapi.db import aio
 from agentapi.resilience import Breaker, BreakerOpen, SharedRedis, retry_async
 from mcp import Client, metrics, stdio
 from mcp.client.sse import sse_client
@@ -485,10 +486,25 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-# -- the loop thread ---------------------------------------------------------------------------
+# -- the loop ----------------------------------------------------------------------------------
+#
+# One pool per process, on one event loop. In the web process that is the ASGI server's own loop,
+# adopted when it starts serving (agentapi.asgi calls adopt_running_loop): the data plane awaits
+# calls on it directly, and the management plane's worker threads hand theirs to it. Elsewhere
+# (Celery workers, commands, tests) the pool starts a loop of its own in a daemon thread on first
+# use; after a fork it starts again.
 
 _lock = threading.Lock()
-_runtime: tuple | None = None  # (pid, loop, pool)
+_runtime: tuple | None = None  # (pid, loop, pool, owned: whether the loop is the pool's own thread)
+
+
+def adopt_running_loop() -> None:
+    """Make the running event loop the pool's (the web process, before it serves a request)."""
+    global _runtime
+    loop = asyncio.get_running_loop()
+    with _lock:
+        if _runtime is None or _runtime[0] != os.getpid():
+            _runtime = (os.getpid(), loop, Pool(), False)
 
 
 def _runtime_for_process():
@@ -506,7 +522,7 @@ def _runtime_for_process():
             threading.Thread(target=run, name="mcp-pool", daemon=True).start()
             started.wait()
             pool = asyncio.run_coroutine_threadsafe(_make_pool(), loop).result()
-            _runtime = (os.getpid(), loop, pool)
+            _runtime = (os.getpid(), loop, pool, True)
         return _runtime
 
 
@@ -516,7 +532,7 @@ async def _make_pool() -> Pool:
 
 def submit(coroutine_function, *args, timeout: float):
     """Run coroutine_function(pool, *args) on the pool's loop; wait at most `timeout` seconds."""
-    _, loop, pool = _runtime_for_process()
+    _, loop, pool, _ = _runtime_for_process()
     future = asyncio.run_coroutine_threadsafe(coroutine_function(pool, *args), loop)
     try:
         return future.result(timeout)
@@ -536,14 +552,45 @@ def call(target: Target, operation, *, reads: bool, timeout: float | None = None
     return submit(run, timeout=timeout + settings.MCP_QUEUE_TIMEOUT + 5)
 
 
+async def acall(target: Target, operation, *, reads: bool, timeout: float | None = None):
+    """call() for async code: awaited on the pool's loop when it is the running one (the data
+    plane in the web process), else handed to it. Raises UpstreamError."""
+    timeout = timeout or settings.MCP_CALL_TIMEOUT
+    running = asyncio.get_running_loop()
+    with _lock:
+        runtime = _runtime if _runtime is not None and _runtime[0] == os.getpid() else None
+    if runtime is None:
+        runtime = _runtime_for_process()
+    _, loop, pool, _ = runtime
+    coroutine = pool.run(target, operation, reads=reads, timeout=timeout)
+    if loop is running:
+        return await coroutine
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
+
 def shutdown() -> None:
-    """Close every pooled session (tests, and a worker that is stopping)."""
+    """Close every pooled session (tests, and a worker that is stopping); stop the pool's own loop."""
     global _runtime
     with _lock:
         runtime, _runtime = _runtime, None
     if runtime is None or runtime[0] != os.getpid():
         return
-    _, loop, pool = runtime
-    asyncio.run_coroutine_threadsafe(pool.close_all(), loop).result(30)
-    asyncio.run_coroutine_threadsafe(pool.redis.close(), loop).result(5)
+    _, loop, pool, owned = runtime
+
+    async def close():
+        await pool.close_all()
+        await pool.redis.close()
+        await aio.close()  # the data plane's connections made on this loop
+
+    if not owned:
+        asyncio.run_coroutine_threadsafe(close(), loop)  # the server's loop: it closes as it stops
+        return
+    asyncio.run_coroutine_threadsafe(close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
+
+
+def run_on_pool_loop(coroutine_function, *args, timeout: float = 60):
+    """Run coroutine_function(*args) on the pool's loop from a synchronous caller (tests drive the
+    data plane this way, on the loop it shares with the pool, as the web process does)."""
+    _, loop, _, _ = _runtime_for_process()
+    return asyncio.run_coroutine_threadsafe(coroutine_function(*args), loop).result(timeout)

@@ -2,13 +2,21 @@
 
 Each function checks what the platform allows (the configuration is enabled, the tool is allowed
 and not withheld), calls through the pool, audits the call (configuration, tool, outcome,
-duration, request id; never argument values) in a transaction of its own, so a failed call is
+duration, request id; never argument values) with one insert of its own, so a failed call is
 recorded too, and measures it. Results pass MCP content blocks through as the server sent them.
+
+The steps (`refusal`, the `*_operation` builders, `outcome_of`, the result shapes) are shared with
+the data plane (mcp.dataplane), which runs the same calls natively async; the synchronous
+functions here serve the management plane (listing, testing, health checks) and the embedded
+profile.
 """
 
+import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from django.db import transaction
+from django.conf import settings
 
 from agentapi import context as request_context
 from agentapi.errors import APIError
@@ -31,7 +39,7 @@ def _dump(result) -> dict:
     return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _require_enabled(configuration: MCPConfiguration) -> None:
+def require_enabled(configuration: MCPConfiguration) -> None:
     if not configuration.enabled:
         raise APIError(
             "configuration_disabled",
@@ -39,10 +47,6 @@ def _require_enabled(configuration: MCPConfiguration) -> None:
             + (f" after failed health checks: {configuration.last_error}" if configuration.last_error else "."),
             status=409,
         )
-
-
-def _upstream_error(exc: pool.UpstreamError) -> APIError:
-    return APIError(exc.code, str(exc), status=exc.status, retry_after=exc.retry_after)
 
 
 def _call_with_fresh_credential(configuration, user_id, operation, *, reads: bool):
@@ -60,90 +64,173 @@ def _call_with_fresh_credential(configuration, user_id, operation, *, reads: boo
         raise oauth_services.needs_reauthorization(token, "the server refused the refreshed token") from None
 
 
-def _run(configuration, user_id, method: str, operation, *, reads: bool, audit_action=None, audit_details=None):
-    """Call through the pool; audit (when audit_action) and measure; translate failures."""
+def outcome_of(configuration, method: str, started: float, error, audit_action=None, audit_details=None):
+    """Measure a finished call; return its audit record (audit_record's arguments) when it is
+    audited, else None. `error` is what it failed with (APIError or UpstreamError), or None."""
+    outcome = "success" if error is None else "failure"
+    duration = time.perf_counter() - started
+    label = str(configuration.pk)
+    metrics.calls.labels(label, method, outcome).inc()
+    metrics.latency.labels(label, method, outcome).observe(duration)
+    if not audit_action:
+        return None
+    details = {**(audit_details or {}), "duration_ms": round(duration * 1000, 1)}
+    if error is not None:
+        details["error"] = error.error_code if isinstance(error, APIError) else error.code
+    return {
+        "action": audit_action,
+        "target": configuration,
+        "organization_id": configuration.organization_id,
+        "outcome": outcome,
+        "details": details,
+    }
+
+
+def upstream_error(exc: pool.UpstreamError) -> APIError:
+    return APIError(exc.code, str(exc), status=exc.status, retry_after=exc.retry_after)
+
+
+def _run(configuration, user_id, method: str, operation, *, reads: bool):
+    """An unaudited call (listing, testing): call through the pool, measure, translate failures."""
     started = time.perf_counter()
-    outcome, error = "success", None
+    error = None
     try:
         return _call_with_fresh_credential(configuration, user_id, operation, reads=reads)
     except APIError as exc:
-        outcome, error = "failure", exc
+        error = exc
         raise
     except pool.UpstreamError as exc:
-        outcome, error = "failure", exc
-        raise _upstream_error(exc) from None
+        error = exc
+        raise upstream_error(exc) from None
     finally:
-        duration = time.perf_counter() - started
-        label = str(configuration.pk)
-        metrics.calls.labels(label, method, outcome).inc()
-        metrics.latency.labels(label, method, outcome).observe(duration)
-        if audit_action:
-            details = {**(audit_details or {}), "duration_ms": round(duration * 1000, 1)}
-            if error is not None:
-                details["error"] = error.error_code if isinstance(error, APIError) else error.code
-            with transaction.atomic():
-                audit_record(
-                    audit_action,
-                    target=configuration,
-                    organization_id=configuration.organization_id,
-                    outcome=outcome,
-                    details=details,
-                )
+        outcome_of(configuration, method, started, error)
 
 
-def _deny(configuration: MCPConfiguration, tool: str, error: APIError):
-    """Record a call the platform refused (not allowed, withheld), then raise the refusal."""
-    with transaction.atomic():
-        audit_record(
-            "mcp.tool.call",
-            target=configuration,
-            organization_id=configuration.organization_id,
-            outcome="denied",
-            details={"tool": tool, "error": error.error_code},
-        )
-    raise error
-
-
-def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
-    _require_enabled(configuration)
+def tool_refusal(configuration: MCPConfiguration, name: str, *, withheld: bool) -> APIError | None:
+    """Why the platform refuses to call this tool (not allowed, withheld), or None."""
     if not configuration.tool_allowed(name):
-        _deny(
-            configuration,
-            name,
-            APIError("tool_not_allowed", f"The tool {name!r} is not allowed on this server.", status=403),
-        )
-    if catalogue.withheld(configuration, name):
+        return APIError("tool_not_allowed", f"The tool {name!r} is not allowed on this server.", status=403)
+    if withheld:
         message = f"The tool {name!r} changed its definition and waits for an admin's approval."
-        _deny(configuration, name, APIError("tool_pending_approval", message, status=409))
-    started = time.perf_counter()
-    details = {"tool": name}
+        return APIError("tool_pending_approval", message, status=409)
+    return None
 
+
+def denial_event(configuration: MCPConfiguration, tool: str, error: APIError) -> dict:
+    """The audit record of a call the platform refused: audit_record's arguments."""
+    return {
+        "action": "mcp.tool.call",
+        "target": configuration,
+        "organization_id": configuration.organization_id,
+        "outcome": "denied",
+        "details": {"tool": tool, "error": error.error_code},
+    }
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """One audited call, as both planes make it: what to send, how to guard, record and shape it."""
+
+    method: str  # the MCP method, for metrics
+    operation: Callable  # async operation(client)
+    reads: bool  # retried when it fails (it changes nothing)
+    audit_action: str
+    audit_details: dict
+    shape: Callable  # shape(result) -> the response body
+
+
+def plan_tool_call(configuration: MCPConfiguration, name: str, arguments: dict) -> CallPlan:
     meta = _meta()
+    started = time.perf_counter()
 
     async def operation(client):
         return await client.call_tool(name, arguments, meta=meta)
 
-    result = _run(
-        configuration,
-        user_id,
-        "tools/call",
-        operation,
-        reads=False,
-        audit_action="mcp.tool.call",
-        audit_details=details,
-    )
-    body = _dump(result)
-    return {
-        "content": body.get("content", []),
-        "structured_content": body.get("structuredContent"),
-        "is_error": bool(body.get("isError", False)),
-        "configuration": configuration.pk,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-    }
+    def shape(result) -> dict:
+        body = _dump(result)
+        return {
+            "content": body.get("content", []),
+            "structured_content": body.get("structuredContent"),
+            "is_error": bool(body.get("isError", False)),
+            "configuration": configuration.pk,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    return CallPlan("tools/call", operation, False, "mcp.tool.call", {"tool": name}, shape)
+
+
+def plan_resource_read(configuration: MCPConfiguration, uri: str) -> CallPlan:
+    meta = _meta()
+
+    async def operation(client):
+        return await client.read_resource(uri, meta=meta)
+
+    def shape(result) -> dict:
+        return {"contents": _dump(result).get("contents", []), "configuration": configuration.pk}
+
+    return CallPlan("resources/read", operation, True, "mcp.resource.read", {}, shape)
+
+
+def plan_prompt_get(configuration: MCPConfiguration, name: str, arguments: dict) -> CallPlan:
+    meta = _meta()
+
+    async def operation(client):
+        return await client.get_prompt(name, arguments, meta=meta)
+
+    def shape(result) -> dict:
+        body = _dump(result)
+        return {
+            "description": body.get("description"),
+            "messages": body.get("messages", []),
+            "configuration": configuration.pk,
+        }
+
+    return CallPlan("prompts/get", operation, True, "mcp.prompt.get", {"prompt": name}, shape)
+
+
+def checked_size(body: dict) -> dict:
+    """The shaped result, unless it is larger than MCP_MAX_RESULT_BYTES (then a 502)."""
+    size = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+    limit = settings.MCP_MAX_RESULT_BYTES
+    if size > limit:
+        raise APIError(
+            "upstream_result_too_large",
+            f"The server's result is {size} bytes; at most {limit} are passed on (MCP_MAX_RESULT_BYTES).",
+            status=502,
+        )
+    return body
+
+
+def _run_plan(configuration, user_id, plan: CallPlan) -> dict:
+    """An audited call: call, shape, check its size; measure and audit it whatever happens."""
+    started = time.perf_counter()
+    error = None
+    try:
+        result = _call_with_fresh_credential(configuration, user_id, plan.operation, reads=plan.reads)
+        return checked_size(plan.shape(result))
+    except APIError as exc:
+        error = exc
+        raise
+    except pool.UpstreamError as exc:
+        error = exc
+        raise upstream_error(exc) from None
+    finally:
+        event = outcome_of(configuration, plan.method, started, error, plan.audit_action, plan.audit_details)
+        audit_record(event.pop("action"), **event)
+
+
+def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
+    require_enabled(configuration)
+    refusal = tool_refusal(configuration, name, withheld=catalogue.withheld(configuration, name))
+    if refusal is not None:
+        event = denial_event(configuration, name, refusal)
+        audit_record(event.pop("action"), **event)
+        raise refusal
+    return _run_plan(configuration, user_id, plan_tool_call(configuration, name, arguments))
 
 
 def list_tools(*, configuration: MCPConfiguration, user_id: int, refresh: bool = False) -> list[dict]:
-    _require_enabled(configuration)
+    require_enabled(configuration)
     return catalogue.tools(configuration, user_id, refresh=refresh)
 
 
@@ -164,7 +251,7 @@ def fetch_tools(configuration: MCPConfiguration, user_id: int) -> list[dict]:
 
 
 def list_resources(*, configuration: MCPConfiguration, user_id: int) -> list[dict]:
-    _require_enabled(configuration)
+    require_enabled(configuration)
 
     async def operation(client):
         return [_dump(resource) for resource in (await client.list_resources()).resources]
@@ -173,27 +260,12 @@ def list_resources(*, configuration: MCPConfiguration, user_id: int) -> list[dic
 
 
 def read_resource(*, configuration: MCPConfiguration, user_id: int, uri: str) -> dict:
-    _require_enabled(configuration)
-
-    meta = _meta()
-
-    async def operation(client):
-        return _dump(await client.read_resource(uri, meta=meta))
-
-    body = _run(
-        configuration,
-        user_id,
-        "resources/read",
-        operation,
-        reads=True,
-        audit_action="mcp.resource.read",
-        audit_details={},
-    )
-    return {"contents": body.get("contents", []), "configuration": configuration.pk}
+    require_enabled(configuration)
+    return _run_plan(configuration, user_id, plan_resource_read(configuration, uri))
 
 
 def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]:
-    _require_enabled(configuration)
+    require_enabled(configuration)
 
     async def operation(client):
         return [_dump(prompt) for prompt in (await client.list_prompts()).prompts]
@@ -202,27 +274,8 @@ def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]
 
 
 def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
-    _require_enabled(configuration)
-
-    meta = _meta()
-
-    async def operation(client):
-        return _dump(await client.get_prompt(name, arguments, meta=meta))
-
-    body = _run(
-        configuration,
-        user_id,
-        "prompts/get",
-        operation,
-        reads=True,
-        audit_action="mcp.prompt.get",
-        audit_details={"prompt": name},
-    )
-    return {
-        "description": body.get("description"),
-        "messages": body.get("messages", []),
-        "configuration": configuration.pk,
-    }
+    require_enabled(configuration)
+    return _run_plan(configuration, user_id, plan_prompt_get(configuration, name, arguments))
 
 
 def test_connection(*, configuration: MCPConfiguration, user_id: int) -> dict:

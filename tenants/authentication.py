@@ -17,6 +17,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from agentapi.db import aio
 from agentapi.db.scope import DatabaseScope, use_scope
 from tenants import scoping, security
 from tenants.jwks import JWKSUnavailable, UnknownSigningKey, jwks_cache
@@ -52,7 +53,11 @@ class NoOrganization(exceptions.PermissionDenied):
 
 
 def _bearer(request) -> str | None:
-    parts = authentication.get_authorization_header(request).split()
+    return _parse_bearer(authentication.get_authorization_header(request))
+
+
+def _parse_bearer(header: bytes) -> str | None:
+    parts = header.split()
     if not parts or parts[0].lower() != b"bearer":
         return None
     if len(parts) != 2:
@@ -157,19 +162,16 @@ def _converters(db) -> dict:
     return found
 
 
-def _find_api_key(hashed: str) -> APIKey | None:
-    db = connections[DEFAULT_DB_ALIAS]
-    with db.cursor() as cursor:
-        cursor.execute(_key_lookup_sql(), [hashed])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    converters = _converters(db)
+def _api_key_from_row(row, db=None) -> APIKey:
+    """The key, its membership, user and organization from one row of _key_lookup_sql. With `db`
+    (a Django connection) each value goes through the converters the ORM would apply; rows read
+    by the data plane's psycopg connection (agentapi.db.aio) arrive as Python values already."""
+    converters = _converters(db) if db is not None else None
     values = iter(row)
 
     def build(model):
         loaded = []
-        for col, field_converters in converters[model]:
+        for col, field_converters in converters[model] if converters else [(None, ())] * len(_fields(model)):
             value = next(values)
             for converter in field_converters:
                 value = converter(value, col, db)
@@ -182,32 +184,81 @@ def _find_api_key(hashed: str) -> APIKey | None:
     return api_key
 
 
+def _find_api_key(hashed: str) -> APIKey | None:
+    db = connections[DEFAULT_DB_ALIAS]
+    with db.cursor() as cursor:
+        cursor.execute(_key_lookup_sql(), [hashed])
+        row = cursor.fetchone()
+    return None if row is None else _api_key_from_row(row, db)
+
+
+def _check_api_key(api_key: APIKey | None, now) -> Principal:
+    """The principal of a key found by its hash, or Unauthenticated saying why it is refused."""
+    if api_key is None:
+        raise Unauthenticated("invalid_api_key", "Invalid API key.", credential="api_key")
+    facts = {"credential": "api_key", "organization_id": api_key.organization_id, "prefix": api_key.prefix}
+    if api_key.revoked_at:
+        raise Unauthenticated("api_key_revoked", "This API key has been revoked.", **facts)
+    if api_key.is_expired(now):
+        raise Unauthenticated("api_key_expired", "This API key has expired.", **facts)
+    return _principal(api_key.membership, "api_key", api_key)
+
+
+def _touch_due(api_key: APIKey, now) -> bool:
+    """Whether the key's last use is due to be written (at most once per
+    API_KEY_LAST_USED_INTERVAL_SECONDS, never on every request)."""
+    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
+    return api_key.last_used_at is None or now - api_key.last_used_at >= interval
+
+
 def api_key_authenticate(key: str) -> Principal:
     """Find the key by its hash in one query and check it is usable. Raises Unauthenticated."""
     hashed = hash_api_key(key)
     # The one lookup that precedes knowing the organization: no tenant filter, and the row-level
     # security policy admits exactly the row whose hash we hold.
     with use_scope(DatabaseScope(api_key_hash=hashed)):
-        api_key = _find_api_key(hashed)
-        if api_key is None:
-            raise Unauthenticated("invalid_api_key", "Invalid API key.", credential="api_key")
-        facts = {"credential": "api_key", "organization_id": api_key.organization_id, "prefix": api_key.prefix}
-        if api_key.revoked_at:
-            raise Unauthenticated("api_key_revoked", "This API key has been revoked.", **facts)
         now = timezone.now()
-        if api_key.is_expired(now):
-            raise Unauthenticated("api_key_expired", "This API key has expired.", **facts)
-        principal = _principal(api_key.membership, "api_key", api_key)
-        _touch(api_key, now)
+        principal = _check_api_key(_find_api_key(hashed), now)
+        if _touch_due(principal.api_key, now):
+            APIKey._base_manager.filter(pk=principal.api_key.pk).update(last_used_at=now)
+            principal.api_key.last_used_at = now
     return principal
 
 
-def _touch(api_key: APIKey, now) -> None:
-    """Record the key's last use, writing at most once per API_KEY_LAST_USED_INTERVAL_SECONDS."""
-    interval = timedelta(seconds=settings.API_KEY_LAST_USED_INTERVAL_SECONDS)
-    if api_key.last_used_at is None or now - api_key.last_used_at >= interval:
-        APIKey._base_manager.filter(pk=api_key.pk).update(last_used_at=now)
-        api_key.last_used_at = now
+async def api_key_authenticate_async(key: str) -> Principal:
+    """api_key_authenticate for the data plane: the same statement and checks, through
+    agentapi.db.aio (one round trip; a second, rarely, to record the key's last use)."""
+    hashed = hash_api_key(key)
+    scope = DatabaseScope(api_key_hash=hashed)
+    rows = (await aio.run(scope, [(_key_lookup_sql(), [hashed])]))[0]
+    now = timezone.now()
+    principal = _check_api_key(_api_key_from_row(rows[0]) if rows else None, now)
+    if _touch_due(principal.api_key, now):
+        update = f'UPDATE "{APIKey._meta.db_table}" SET last_used_at = %s WHERE id = %s'  # noqa: S608
+        await aio.run(scope, [(update, [now, principal.api_key.pk])])
+        principal.api_key.last_used_at = now
+    return principal
+
+
+async def bearer_authenticate_async(authorization: str, query: dict) -> Principal:
+    """The data plane's authentication: the management API's rules for API keys and JWTs (no
+    Django sessions: agents present a bearer credential). Raises Unauthenticated/NotAuthenticated."""
+    if any(name in query for name in QUERY_CREDENTIAL_NAMES):
+        raise Unauthenticated(
+            "credentials_in_query",
+            "Credentials are accepted only in the Authorization header, never in the URL.",
+            credential="query",
+        )
+    token = _parse_bearer(authorization.encode("latin-1"))
+    if token is None:
+        raise exceptions.NotAuthenticated()
+    if token.startswith(API_KEY_PREFIX):
+        return await api_key_authenticate_async(token)
+    # A JWT costs a signature check and, when its key id is new, a JWKS fetch; its membership is
+    # found by the ORM. Both run on a worker thread, as the management plane runs them.
+    from agentapi.workers import in_worker
+
+    return await in_worker(jwt_authenticate)(token)
 
 
 class BearerAuthentication(authentication.BaseAuthentication):
@@ -238,10 +289,7 @@ class JWTAuthentication(BearerAuthentication):
         token = _bearer(request)
         if token is None or token.startswith(API_KEY_PREFIX):
             return None
-        if not settings.JWT_JWKS_URL or not _looks_like_jwt(token):
-            raise Unauthenticated("invalid_token", "Invalid bearer token.", credential="jwt")
-        claims = self._verify(token)
-        principal = self._membership_principal(claims)
+        principal = jwt_authenticate(token)
         return principal.membership.user, principal
 
     def _verify(self, token: str) -> dict:
@@ -291,6 +339,14 @@ class JWTAuthentication(BearerAuthentication):
                 "unknown_member", "The token's user is not a member of that organization.", credential="jwt"
             )
         return _principal(membership, "jwt")
+
+
+def jwt_authenticate(token: str) -> Principal:
+    """A JWT from the identity provider at JWT_JWKS_URL, naming a user and an organization."""
+    if not settings.JWT_JWKS_URL or not _looks_like_jwt(token):
+        raise Unauthenticated("invalid_token", "Invalid bearer token.", credential="jwt")
+    authenticator = JWTAuthentication()
+    return authenticator._membership_principal(authenticator._verify(token))
 
 
 class SessionAuthentication(authentication.SessionAuthentication):

@@ -2,10 +2,14 @@
 (charlie owner). "Charlie should have no access to Alice's stuff", and the other way round."""
 
 import json
+from urllib.parse import urlsplit
 
 import pytest
+from django.db import connection
+from django.http import HttpResponse
 from django.test import Client
 
+from agentapi import dataplane
 from tenants import scoping, services
 from tenants.models import Membership, User
 
@@ -25,6 +29,8 @@ class Api:
             self.headers["Authorization"] = f"Bearer {key}"
 
     def request(self, method: str, path: str, data=None, **headers):
+        if dataplane.enabled() and dataplane.match({"type": "http", "method": method.upper(), "path": path}):
+            return data_plane_request(method.upper(), path, data, {**self.headers, **headers})
         kwargs = {"headers": {**self.headers, **headers}}
         if data is not None:
             kwargs["data"] = data if isinstance(data, (str, bytes)) else json.dumps(data)
@@ -45,6 +51,57 @@ class Api:
 
     def delete(self, path, data=None, **headers):
         return self.request("delete", path, data, **headers)
+
+
+class DataPlaneResponse(HttpResponse):
+    def json(self):
+        return json.loads(self.content)
+
+
+def data_plane_request(method: str, path: str, data, headers: dict) -> DataPlaneResponse:
+    """Send a request to a data-plane route as the web process serves it: over ASGI, natively on
+    the event loop the MCP pool runs on (agentapi.asgi routes it to agentapi.dataplane.serve)."""
+    from mcp import pool
+
+    assert not connection.in_atomic_block, (
+        "The data plane reads committed rows through its own connections: mark the test `committed`."
+    )
+    url = urlsplit(path)
+    if data is None:
+        body = b""
+    else:
+        body = data if isinstance(data, bytes) else (data if isinstance(data, str) else json.dumps(data)).encode()
+    header_list = [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
+    if data is not None:
+        header_list.append((b"content-type", b"application/json"))
+    header_list += [(name.lower().encode(), str(value).encode()) for name, value in headers.items()]
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": url.path,
+        "query_string": url.query.encode(),
+        "headers": header_list,
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def serve():
+        route, kwargs = dataplane.match(scope)
+        await dataplane.serve(route, kwargs, scope, receive, send)
+
+    pool.run_on_pool_loop(serve)
+    start = sent[0]
+    response = DataPlaneResponse(b"".join(m.get("body", b"") for m in sent[1:]), status=start["status"])
+    for name, value in start["headers"]:
+        response[name.decode()] = value.decode()
+    return response
 
 
 def make_member(organization, email: str, role: str) -> Membership:

@@ -276,6 +276,11 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True  # embedded and tests: no collectstatic needed
 
+# Request bodies: nested deeper than this is a 400 (agentapi.parsers); larger than
+# DATA_UPLOAD_MAX_MEMORY_SIZE bytes a 413.
+JSON_MAX_DEPTH = env.int("JSON_MAX_DEPTH", default=64)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.APIKeyAuthentication",
@@ -360,6 +365,27 @@ MCP_STDIO_MAX_PROCESSES_PER_ORGANIZATION = env.int("MCP_STDIO_MAX_PROCESSES_PER_
 MCP_STDIO_ROOT = env.str("MCP_STDIO_ROOT", default="")  # where stdio servers get their working directories
 MCP_CATALOGUE_TTL = env.int("MCP_CATALOGUE_TTL", default=300)  # seconds a tool catalogue stays cached
 MCP_HEALTH_CHECK_INTERVAL = env.float("MCP_HEALTH_CHECK_INTERVAL", default=300.0)
+# The data plane (agentapi.dataplane): the routes served natively async on the event loop (method,
+# path pattern, handler, metrics label); off, or on SQLite, their DRF views serve them instead.
+DATA_PLANE_ENABLED = env.bool("DATA_PLANE_ENABLED", default=True)
+_CONFIGURATION = r"^/api/v1/mcp/configurations/(?P<pk>[0-9]+)"
+DATA_PLANE_ROUTES = [
+    ("POST", _CONFIGURATION + r"/tools/call/$", "mcp.dataplane.tool_call", "mcp/configurations/<pk>/tools/call/"),
+    (
+        "POST",
+        _CONFIGURATION + r"/resources/read/$",
+        "mcp.dataplane.resource_read",
+        "mcp/configurations/<pk>/resources/read/",
+    ),
+    ("POST", _CONFIGURATION + r"/prompts/get/$", "mcp.dataplane.prompt_get", "mcp/configurations/<pk>/prompts/get/"),
+]
+# Called on the web process's event loop before it serves its first request.
+EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop"]
+# Its database connections per web process, and how long a request waits for one before 503.
+DATA_PLANE_DATABASE_CONNECTIONS = env.int("DATA_PLANE_DATABASE_CONNECTIONS", default=10)
+DATA_PLANE_DATABASE_TIMEOUT = env.float("DATA_PLANE_DATABASE_TIMEOUT", default=5.0)
+# The largest upstream result passed on (bytes of its JSON); a larger one is a 502.
+MCP_MAX_RESULT_BYTES = env.int("MCP_MAX_RESULT_BYTES", default=10 * 1024 * 1024)
 MCP_HEALTH_DISABLE_AFTER = env.int("MCP_HEALTH_DISABLE_AFTER", default=5)  # failed checks in a row
 CELERY_BEAT_SCHEDULE["check-mcp-servers"]["schedule"] = MCP_HEALTH_CHECK_INTERVAL
 

@@ -3,8 +3,11 @@ pinned: a changed tool definition is recorded, audited and, where asked for, wit
 
 from audit.models import AuditEvent
 from tenants import scoping, services
-from tests.conftest import error_of
+from tests.conftest import committed, error_of
 from tests.mcp.conftest import configure
+
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
 
 
 def tools_of(api, configuration, **params):

@@ -8,8 +8,11 @@ import pytest
 
 from mcp.models import MCPConfiguration
 from tenants import scoping
-from tests.conftest import Api, error_of, make_key
+from tests.conftest import Api, committed, error_of, make_key
 from tests.mcp.conftest import TOKEN, configure
+
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
 
 
 def stored(acme, pk) -> MCPConfiguration:

@@ -14,8 +14,11 @@ from mcp import pool
 from mcp.credentials import target_for
 from mcp.models import MCPConfiguration
 from tenants import scoping
-from tests.conftest import error_of
+from tests.conftest import committed, error_of
 from tests.mcp.conftest import RunningServer, configure
+
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
 
 
 def call(api, configuration, name, arguments=None):
@@ -120,6 +123,7 @@ def test_a_slow_server_does_not_starve_the_others(alice_api, http_server, acme, 
 BREAKER_PROBE = """
 import asyncio, sys
 from agentapi.resilience import Breaker, BreakerOpen, SharedRedis
+
 async def main():
     breaker = Breaker(sys.argv[2], SharedRedis(sys.argv[1]), fail_max=2, reset_timeout=30)
     try:

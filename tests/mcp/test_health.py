@@ -15,6 +15,9 @@ from tenants import scoping
 from tests.conftest import committed, error_of
 from tests.mcp.conftest import configure
 
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,7 +44,6 @@ def test_a_run_of_failures_disables_the_configuration_until_an_admin_enables_it(
     assert enabled["enabled"] is True and enabled["status"] == "unknown" and enabled["consecutive_failures"] == 0
 
 
-@committed
 def test_a_real_worker_runs_the_health_check(acme, alice, http_server):
     from tests.conftest import Api, make_key
 

@@ -5,8 +5,11 @@ import base64
 
 from mcp.models import MCPConfiguration
 from tenants import scoping
-from tests.conftest import error_of
+from tests.conftest import committed, error_of
 from tests.mcp.conftest import PNG_BYTES, TOKEN, configure
+
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
 
 
 def call(api, configuration, name, arguments=None):

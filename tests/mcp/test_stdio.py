@@ -5,8 +5,11 @@ import time
 from pathlib import Path
 
 from mcp import pool
-from tests.conftest import error_of
+from tests.conftest import committed, error_of
 from tests.mcp.conftest import SERVER, configure
+
+# The calls go through the data plane, which reads committed rows on its own connections.
+pytestmark = committed
 
 
 def stdio_processes() -> list[int]:

@@ -9,7 +9,7 @@ from django.test import Client
 from oauth.models import OAuthToken
 from tenants import scoping
 from tenants.models import User
-from tests.conftest import streamed
+from tests.conftest import committed, streamed
 from tests.oauth.conftest import connect, make_provider
 
 
@@ -27,6 +27,7 @@ def every_row_as_text() -> str:
     return "\n".join(dump)
 
 
+@committed  # through the data plane: it reads committed rows
 def test_a_planted_token_is_nowhere_in_plaintext(alice_api, alice, acme, oauth_server, caplog, operator):
     caplog.set_level(logging.DEBUG)
     responses = []

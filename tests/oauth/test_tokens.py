@@ -12,7 +12,7 @@ from audit.models import AuditEvent
 from oauth import services
 from oauth.models import OAuthToken
 from tenants import scoping
-from tests.conftest import error_of
+from tests.conftest import committed, error_of
 from tests.oauth.conftest import connect, make_provider
 from tests.oauth.doubles import serve_json
 
@@ -101,6 +101,7 @@ def test_another_users_connection_is_not_found(alice_api, bob_api, oauth_server,
     assert bob_api.get("/api/v1/oauth/tokens/").json()["results"] == []
 
 
+@committed  # through the data plane: it reads committed rows
 def test_an_mcp_server_that_demands_oauth_is_reached_with_the_users_token(alice_api, bob_api, oauth_server, acme):
     created = alice_api.post(
         "/api/v1/mcp/configurations/", {"name": "guarded", "url": oauth_server.url, "auth_type": "oauth"}
@@ -154,6 +155,7 @@ def test_github_quirks_form_encoded_no_expiry_and_no_new_refresh_token(alice_api
         assert all(headers.get("Accept") == "application/json" for _, _, headers in serve_json.calls)
 
 
+@committed  # through the data plane: it reads committed rows
 def test_a_token_the_server_refuses_is_refreshed_once_and_the_call_goes_through(alice_api, oauth_server, acme):
     configuration = alice_api.post(
         "/api/v1/mcp/configurations/", {"name": "guarded", "url": oauth_server.url, "auth_type": "oauth"}
@@ -172,6 +174,7 @@ def test_a_token_the_server_refuses_is_refreshed_once_and_the_call_goes_through(
     assert oauth_server.stats()["token:refresh_token"] == 1
 
 
+@committed  # through the data plane: it reads committed rows
 def test_a_token_revoked_at_the_provider_asks_the_user_to_connect_again(alice_api, oauth_server, acme):
     import httpx
 

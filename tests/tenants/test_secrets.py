@@ -11,6 +11,7 @@ from agentapi.crypto import DecryptionError, keyring
 from mcp.models import MCPConfiguration
 from tenants import rotation, scoping, secrets, services
 from tenants.models import DataKey
+from tests.conftest import committed
 
 
 def new_master_key(version: str) -> str:
@@ -96,6 +97,7 @@ def test_rotation_resumes_where_it_stopped(fresh_keys, acme, globex):
         assert rotation.remaining().data_keys == 0
 
 
+@committed  # through the data plane: it reads committed rows
 def test_destroying_the_data_keys_shreds_the_organizations_secrets(fresh_keys, acme, globex, alice_api):
     mine, theirs = a_configuration(acme), a_configuration(globex)
     assert services.data_keys_destroy(organization=acme) == 1

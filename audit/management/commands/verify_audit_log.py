@@ -48,6 +48,5 @@ class Command(BaseCommand):
         self.stdout.write(f"OK: {total} events in {len(chains)} chain(s) verified.")
         age = waiting.as_dict()["oldest_pending_seconds"]
         self.stdout.write(
-            f"Waiting to be chained: {waiting.count}"
-            + (f" (the oldest for {age:.1f} s)." if waiting.count else ".")
+            f"Waiting to be chained: {waiting.count}" + (f" (the oldest for {age:.1f} s)." if waiting.count else ".")
         )

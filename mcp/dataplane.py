@@ -1,0 +1,212 @@
+"""Tool calls, resource reads and prompt gets on the data plane (agentapi.dataplane).
+
+Each handler is the same pipeline of named async steps, and each step is the management plane's
+own rule, called rather than copied:
+
+    authenticate  tenants.authentication.bearer_authenticate_async (API key: one round trip)
+    scope         tenants.scoping.organization_scope (the same context the ORM and RLS read)
+    find          the configuration, visible to the caller, and whether the tool is withheld:
+                  one statement (agentapi.db.aio), one round trip; another organization's id is 404
+    plan          mcp.proxy: enabled, allowed, withheld; what to send and how to shape the answer
+    reach         mcp.credentials.target_for, kept per configuration revision for
+                  DATA_KEY_CACHE_SECONDS (built on a worker thread when it must read the database)
+    call          mcp.pool.acall: breaker, concurrency limit, deadline, pooled session, awaited
+                  on this loop
+    record        audit.services.audit_record_async: one INSERT, no lock; metrics
+
+Security events (a refused credential, a lookup into another organization) are written after the
+answer is decided, as on the management plane.
+"""
+
+import time
+from functools import cache
+
+from django.conf import settings
+from rest_framework import exceptions
+
+from agentapi import context as request_context
+from agentapi.db import aio
+from agentapi.db.scope import DatabaseScope
+from agentapi.errors import APIError
+from agentapi.workers import in_worker
+from audit.recorders import deferred_security_events_async
+from audit.services import audit_record_async
+from mcp import pool, proxy
+from mcp.api import serializers as s
+from mcp.credentials import target_for
+from mcp.models import AuthType, MCPConfiguration, PinStatus, ToolPin, Transport
+from oauth import services as oauth_services
+from tenants import scoping, security
+from tenants.authentication import Principal, bearer_authenticate_async
+
+# -- find -------------------------------------------------------------------------------------
+
+
+@cache
+def _attnames() -> list[str]:
+    return [field.attname for field in MCPConfiguration._meta.concrete_fields]
+
+
+@cache
+def _find_sql() -> str:
+    """The configuration by id, in the caller's organization, shared or the caller's own (as
+    mcp.services.configurations_visible_to), and whether the named tool waits for approval."""
+    columns = ", ".join(f'c."{MCPConfiguration._meta.get_field(name).column}"' for name in _attnames())
+    return (
+        f'SELECT {columns}, EXISTS (SELECT 1 FROM "{ToolPin._meta.db_table}" p '  # noqa: S608
+        "WHERE p.configuration_id = c.id AND p.name = %s AND p.status = %s) "
+        f'FROM "{MCPConfiguration._meta.db_table}" c '
+        "WHERE c.id = %s AND c.organization_id = %s AND (c.owner_id IS NULL OR c.owner_id = %s)"
+    )
+
+
+async def find(principal: Principal, pk: int, tool: str = "") -> tuple[MCPConfiguration, bool]:
+    """The configuration and whether `tool` is withheld. Raises NotFound (reported) otherwise."""
+    if not 0 < pk < 2**63:  # not an id at all: what the ORM answers for one out of range
+        raise exceptions.NotFound()
+    organization = principal.organization
+    scope = DatabaseScope(organization_ids=(organization.pk,), user_id=principal.membership.user_id)
+    params = [tool, PinStatus.PENDING, pk, organization.pk, principal.membership.user_id]
+    rows = (await aio.run(scope, [(_find_sql(), params)]))[0]
+    if not rows:
+        security.report("lookup_denied", model=MCPConfiguration._meta.label, pk=pk)
+        raise exceptions.NotFound()
+    *values, withheld = rows[0]
+    configuration = aio.instance(MCPConfiguration, _attnames(), values)
+    configuration.organization = organization
+    return configuration, withheld
+
+
+# -- reach ------------------------------------------------------------------------------------
+
+_targets: dict[tuple, tuple[float, pool.Target]] = {}
+
+
+def _cacheable(configuration: MCPConfiguration) -> bool:
+    # A user's OAuth token is refreshed and revoked on its own schedule (oauth.services keeps its
+    # own copy for that); a stdio target is cheap and reads its template.
+    return configuration.auth_type != AuthType.OAUTH and configuration.transport != Transport.STDIO
+
+
+async def reach(configuration: MCPConfiguration, user_id: int) -> pool.Target:
+    """The pool's Target for this caller. The credential is opened on a worker thread (it may read
+    the organization's data key, or the user's connection, from the database) and, for shared
+    credentials, kept for DATA_KEY_CACHE_SECONDS per configuration revision: a changed credential
+    bumps the revision, and a destroyed data key stops working within that time, as everywhere."""
+    key = (configuration.pk, configuration.revision)
+    if _cacheable(configuration):
+        cached = _targets.get(key)
+        if cached is not None and time.monotonic() - cached[0] < settings.DATA_KEY_CACHE_SECONDS:
+            return cached[1]
+    target = await in_worker(target_for)(configuration, user_id)
+    if _cacheable(configuration):
+        _targets[key] = (time.monotonic(), target)
+    return target
+
+
+# -- call -------------------------------------------------------------------------------------
+
+
+async def _call(configuration: MCPConfiguration, user_id: int, plan: proxy.CallPlan):
+    """proxy._call_with_fresh_credential, awaited: a user's OAuth token the server refused is
+    refreshed once and the call made again."""
+    try:
+        return await pool.acall(await reach(configuration, user_id), plan.operation, reads=plan.reads)
+    except pool.UpstreamUnauthorized:
+        if configuration.auth_type != AuthType.OAUTH or configuration.oauth_provider_id is None:
+            raise
+    token = await in_worker(_renew)(configuration, user_id)
+    try:
+        return await pool.acall(await reach(configuration, user_id), plan.operation, reads=plan.reads)
+    except pool.UpstreamUnauthorized:
+        raise await in_worker(oauth_services.needs_reauthorization)(
+            token, "the server refused the refreshed token"
+        ) from None
+
+
+def _renew(configuration: MCPConfiguration, user_id: int):
+    return oauth_services.renew_after_refusal(user_id=user_id, provider=configuration.oauth_provider)
+
+
+async def _run(configuration: MCPConfiguration, user_id: int, plan: proxy.CallPlan) -> dict:
+    started = time.perf_counter()
+    error = None
+    try:
+        result = await _call(configuration, user_id, plan)
+        return proxy.checked_size(plan.shape(result))
+    except APIError as exc:
+        error = exc
+        raise
+    except pool.UpstreamError as exc:
+        error = exc
+        raise proxy.upstream_error(exc) from None
+    finally:
+        event = proxy.outcome_of(configuration, plan.method, started, error, plan.audit_action, plan.audit_details)
+        await audit_record_async(event.pop("action"), **event)
+
+
+# -- the routes -------------------------------------------------------------------------------
+
+
+def _body(request) -> tuple[object, exceptions.APIException | None]:
+    """The parsed body, or the error parsing it: raised only after the configuration is found,
+    so that another organization's id is 404 whatever the body holds."""
+    try:
+        return request.json(), None
+    except exceptions.APIException as exc:
+        return {}, exc
+
+
+def _valid(serializer_class, data, error) -> dict:
+    if error is not None:
+        raise error
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+async def _handle(request, pk: str, serializer_class, perform) -> dict:
+    async with deferred_security_events_async():
+        principal = await bearer_authenticate_async(request.headers.get("authorization", ""), request.query)
+        with scoping.organization_scope(principal.organization, actor=principal.actor):
+            request_context.annotate(user=str(principal.membership.user_id))
+            data, error = _body(request)
+            name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
+            configuration, withheld = await find(principal, int(pk), name)
+            validated = _valid(serializer_class, data, error)
+            proxy.require_enabled(configuration)
+            return await perform(configuration, principal.membership.user_id, validated, withheld)
+
+
+async def _tool_call(configuration, user_id, validated, withheld) -> dict:
+    name = validated["name"]
+    refusal = proxy.tool_refusal(configuration, name, withheld=withheld)
+    if refusal is not None:
+        event = proxy.denial_event(configuration, name, refusal)
+        await audit_record_async(event.pop("action"), **event)
+        raise refusal
+    return await _run(configuration, user_id, proxy.plan_tool_call(configuration, name, validated["arguments"]))
+
+
+async def _resource_read(configuration, user_id, validated, withheld) -> dict:
+    return await _run(configuration, user_id, proxy.plan_resource_read(configuration, validated["uri"]))
+
+
+async def _prompt_get(configuration, user_id, validated, withheld) -> dict:
+    plan = proxy.plan_prompt_get(configuration, validated["name"], validated["arguments"])
+    return await _run(configuration, user_id, plan)
+
+
+async def tool_call(request, pk: str) -> dict:
+    """POST /api/v1/mcp/configurations/{id}/tools/call/ (MCPProxyViewSet.tools_call's contract)."""
+    return await _handle(request, pk, s.ToolCallSerializer, _tool_call)
+
+
+async def resource_read(request, pk: str) -> dict:
+    """POST /api/v1/mcp/configurations/{id}/resources/read/."""
+    return await _handle(request, pk, s.ResourceReadSerializer, _resource_read)
+
+
+async def prompt_get(request, pk: str) -> dict:
+    """POST /api/v1/mcp/configurations/{id}/prompts/get/."""
+    return await _handle(request, pk, s.PromptGetSerializer, _prompt_get)
