@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench clean
+.PHONY: run test lint lock bench bench-mcp clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lock: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_api.py
+
+# A tool call through the platform against the same call made directly, production-style.
+bench-mcp: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_mcp.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

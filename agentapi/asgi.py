@@ -22,7 +22,6 @@ from django.db import close_old_connections
 from django.http import FileResponse
 from django.utils.module_loading import import_string
 
-from agentapi import dataplane
 from agentapi.workers import in_worker
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentapi.settings.local")
@@ -30,7 +29,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentapi.settings.local")
 
 class SyncChainASGIHandler(ASGIHandler):
     def __init__(self):
-        from agentapi import workers
+        from agentapi import dataplane, workers
 
         super().__init__()
         workers.serve_on_pool()
@@ -57,6 +56,8 @@ class SyncChainASGIHandler(ASGIHandler):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         if self._data_plane:
+            from agentapi import dataplane
+
             found = dataplane.match(scope)
             if found is not None:
                 return await dataplane.serve(*found, scope, receive, send)

@@ -6,6 +6,7 @@ planes record: the management plane inserts it through the ORM here, the data pl
 async database module (agentapi.db.aio).
 """
 
+import functools
 import json
 import re
 
@@ -127,5 +128,10 @@ async def audit_record_async(action: str, **kwargs) -> None:
     committed when this returns."""
     fields = audit_event_fields(action, **kwargs)
     fields["prev_hash"] = ""
-    statement = aio.insert_sql(AuditEvent, list(fields))
+    statement = _insert_statement(tuple(fields))
     await aio.run(event_scope(fields["organization_id"]), [(statement, list(fields.values()))])
+
+
+@functools.cache
+def _insert_statement(names: tuple[str, ...]) -> aio.Statement:
+    return aio.Statement(f"agentapi_audit_insert_{len(names)}", aio.insert_sql(AuditEvent, list(names)))

@@ -6,7 +6,8 @@ own rule, called rather than copied:
     authenticate  tenants.authentication.bearer_authenticate_async (API key: one round trip)
     scope         tenants.scoping.organization_scope (the same context the ORM and RLS read)
     find          the configuration, visible to the caller, and whether the tool is withheld:
-                  one statement (agentapi.db.aio), one round trip; another organization's id is 404
+                  one statement, in authentication's own round trip (agentapi.db.aio); another
+                  organization's id is 404
     plan          mcp.proxy: enabled, allowed, withheld; what to send and how to shape the answer
     reach         mcp.credentials.target_for, kept per configuration revision for
                   DATA_KEY_CACHE_SECONDS (built on a worker thread when it must read the database)
@@ -26,7 +27,6 @@ from rest_framework import exceptions
 
 from agentapi import context as request_context
 from agentapi.db import aio
-from agentapi.db.scope import DatabaseScope
 from agentapi.errors import APIError
 from agentapi.workers import in_worker
 from audit.recorders import deferred_security_events_async
@@ -48,33 +48,41 @@ def _attnames() -> list[str]:
 
 
 @cache
+def _find_statement() -> aio.Statement:
+    return aio.Statement("agentapi_mcp_configuration", _find_sql())
+
+
 def _find_sql() -> str:
-    """The configuration by id, in the caller's organization, shared or the caller's own (as
+    """The configuration by id, in the organization in scope, shared or the scope's user's own (as
     mcp.services.configurations_visible_to), and whether the named tool waits for approval."""
     columns = ", ".join(f'c."{MCPConfiguration._meta.get_field(name).column}"' for name in _attnames())
+    in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
     return (
         f'SELECT {columns}, EXISTS (SELECT 1 FROM "{ToolPin._meta.db_table}" p '  # noqa: S608
         "WHERE p.configuration_id = c.id AND p.name = %s AND p.status = %s) "
         f'FROM "{MCPConfiguration._meta.db_table}" c '
-        "WHERE c.id = %s AND c.organization_id = %s AND (c.owner_id IS NULL OR c.owner_id = %s)"
+        f"WHERE c.id = %s AND c.organization_id = {in_scope.format('organization_ids')} "
+        f"AND (c.owner_id IS NULL OR c.owner_id = {in_scope.format('user_id')})"
     )
 
 
-async def find(principal: Principal, pk: int, tool: str = "") -> tuple[MCPConfiguration, bool]:
-    """The configuration and whether `tool` is withheld. Raises NotFound (reported) otherwise."""
-    if not 0 < pk < 2**63:  # not an id at all: what the ORM answers for one out of range
-        raise exceptions.NotFound()
-    organization = principal.organization
-    scope = DatabaseScope(organization_ids=(organization.pk,), user_id=principal.membership.user_id)
-    params = [tool, PinStatus.PENDING, pk, organization.pk, principal.membership.user_id]
-    rows = (await aio.run(scope, [(_find_sql(), params)]))[0]
-    if not rows:
-        security.report("lookup_denied", model=MCPConfiguration._meta.label, pk=pk)
+async def authenticate_and_find(request, pk: str, tool: str) -> tuple[Principal, MCPConfiguration, bool]:
+    """The caller, the configuration and whether `tool` is withheld: with an API key, one round
+    trip. Another organization's configuration, or one the caller may not see, is NotFound."""
+    pk = int(pk)
+    # Not an id at all when out of range: looked up as 0, found nowhere (as the ORM answers).
+    statement = (_find_statement(), [tool, PinStatus.PENDING, pk if 0 < pk < 2**63 else 0])
+    principal, (rows,) = await bearer_authenticate_async(
+        request.headers.get("authorization", ""), request.query, also=[statement]
+    )
+    if not rows or rows[0][_attnames().index("organization_id")] != principal.organization.pk:
+        with scoping.organization_scope(principal.organization, actor=principal.actor):
+            security.report("lookup_denied", model=MCPConfiguration._meta.label, pk=pk)
         raise exceptions.NotFound()
     *values, withheld = rows[0]
     configuration = aio.instance(MCPConfiguration, _attnames(), values)
-    configuration.organization = organization
-    return configuration, withheld
+    configuration.organization = principal.organization
+    return principal, configuration, withheld
 
 
 # -- reach ------------------------------------------------------------------------------------
@@ -167,12 +175,11 @@ def _valid(serializer_class, data, error) -> dict:
 
 async def _handle(request, pk: str, serializer_class, perform) -> dict:
     async with deferred_security_events_async():
-        principal = await bearer_authenticate_async(request.headers.get("authorization", ""), request.query)
+        data, error = _body(request)
+        name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
+        principal, configuration, withheld = await authenticate_and_find(request, pk, name)
         with scoping.organization_scope(principal.organization, actor=principal.actor):
             request_context.annotate(user=str(principal.membership.user_id))
-            data, error = _body(request)
-            name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
-            configuration, withheld = await find(principal, int(pk), name)
             validated = _valid(serializer_class, data, error)
             proxy.require_enabled(configuration)
             return await perform(configuration, principal.membership.user_id, validated, withheld)

@@ -225,24 +225,60 @@ def api_key_authenticate(key: str) -> Principal:
     return principal
 
 
-async def api_key_authenticate_async(key: str) -> Principal:
+@functools.cache
+def _key_lookup_statement() -> aio.Statement:
+    return aio.Statement("agentapi_api_key", _key_lookup_sql())
+
+
+@functools.cache
+def _scope_from_key_statement() -> aio.Statement:
+    return aio.Statement("agentapi_scope_from_key", _scope_from_key_sql())
+
+
+def _scope_from_key_sql() -> str:
+    # The organization and user of the key whose hash is bound, as the scope of what follows in
+    # the same transaction; no row (an unknown key) leaves nothing in scope.
+    return (
+        "SELECT set_config('app.organization_ids', k.organization_id::text, true), "  # noqa: S608
+        "set_config('app.user_id', m.user_id::text, true), set_config('app.api_key_hash', '', true) "
+        f'FROM "{APIKey._meta.db_table}" k JOIN "{Membership._meta.db_table}" m ON m.id = k.membership_id '
+        "WHERE k.hashed_key = %s"
+    )
+
+
+async def api_key_authenticate_async(key: str, *, also=()) -> tuple[Principal, list]:
     """api_key_authenticate for the data plane: the same statement and checks, through
-    agentapi.db.aio (one round trip; a second, rarely, to record the key's last use)."""
+    agentapi.db.aio, in one round trip (a second, rarely, records the key's last use).
+
+    `also` are statements run in that same round trip, scoped to the key's own organization and
+    user (`current_setting('app.organization_ids')`, `current_setting('app.user_id')`): the
+    request's first read travels with its authentication. Their rows are returned only when the
+    key passed every check; a refused key's are dropped unseen.
+    """
     hashed = hash_api_key(key)
     scope = DatabaseScope(api_key_hash=hashed)
-    rows = (await aio.run(scope, [(_key_lookup_sql(), [hashed])]))[0]
+    statements = [(_key_lookup_statement(), [hashed])]
+    if also:
+        statements += [(_scope_from_key_statement(), [hashed]), *also]
+    results = await aio.run(scope, statements)
+    rows = results[0]
     now = timezone.now()
     principal = _check_api_key(_api_key_from_row(rows[0]) if rows else None, now)
     if _touch_due(principal.api_key, now):
         update = f'UPDATE "{APIKey._meta.db_table}" SET last_used_at = %s WHERE id = %s'  # noqa: S608
         await aio.run(scope, [(update, [now, principal.api_key.pk])])
         principal.api_key.last_used_at = now
-    return principal
+    return principal, results[2:]
 
 
-async def bearer_authenticate_async(authorization: str, query: dict) -> Principal:
+def principal_scope(principal: Principal) -> DatabaseScope:
+    return DatabaseScope(organization_ids=(principal.organization.pk,), user_id=principal.membership.user_id)
+
+
+async def bearer_authenticate_async(authorization: str, query: dict, *, also=()) -> tuple[Principal, list]:
     """The data plane's authentication: the management API's rules for API keys and JWTs (no
-    Django sessions: agents present a bearer credential). Raises Unauthenticated/NotAuthenticated."""
+    Django sessions: agents present a bearer credential), and `also` run in the principal's
+    scope (see api_key_authenticate_async). Raises Unauthenticated/NotAuthenticated."""
     if any(name in query for name in QUERY_CREDENTIAL_NAMES):
         raise Unauthenticated(
             "credentials_in_query",
@@ -253,12 +289,13 @@ async def bearer_authenticate_async(authorization: str, query: dict) -> Principa
     if token is None:
         raise exceptions.NotAuthenticated()
     if token.startswith(API_KEY_PREFIX):
-        return await api_key_authenticate_async(token)
+        return await api_key_authenticate_async(token, also=also)
     # A JWT costs a signature check and, when its key id is new, a JWKS fetch; its membership is
     # found by the ORM. Both run on a worker thread, as the management plane runs them.
     from agentapi.workers import in_worker
 
-    return await in_worker(jwt_authenticate)(token)
+    principal = await in_worker(jwt_authenticate)(token)
+    return principal, (await aio.run(principal_scope(principal), list(also)) if also else [])
 
 
 class BearerAuthentication(authentication.BaseAuthentication):

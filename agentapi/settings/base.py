@@ -412,5 +412,11 @@ LOGGING = {
     "loggers": {
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        # The HTTP clients write a line per request at INFO: every upstream MCP message would add
+        # a log line (and its CPU) to a call that already has its access-log line and audit event.
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
     },
 }
