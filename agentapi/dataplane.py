@@ -175,11 +175,6 @@ def _json_bytes(data) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _too_large() -> exceptions.APIException:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return errors.APIError("request_too_large", f"The body is larger than the {limit} bytes accepted.", status=413)
-
-
 async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
     """Answer one data-plane request (see the module's docstring for what it guarantees)."""
     started = time.perf_counter()
@@ -236,7 +231,7 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
     try:
         body = await _read_body(receive, headers)
         if body is None:
-            raise _too_large()
+            raise errors.request_too_large()
         request = Request(
             method=scope["method"],
             path=scope["path"],

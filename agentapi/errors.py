@@ -7,6 +7,7 @@ Codes are stable: clients may branch on them.
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import connections
 from django.http import Http404, JsonResponse
@@ -110,6 +111,18 @@ def api_error_parts(exc: exceptions.APIException, *, challenge: str) -> tuple[in
     if wait:
         headers["Retry-After"] = str(int(wait))
     return exc.status_code, error_body(code, message, details), headers
+
+
+def request_too_large() -> APIError:
+    """A body larger than DATA_UPLOAD_MAX_MEMORY_SIZE, on either plane."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return APIError("request_too_large", f"The body is larger than the {limit} bytes accepted.", status=413)
+
+
+def api_not_found(request, *args, **kwargs):
+    """The last route under /api/: an unknown path is the JSON 404 in every profile (DEBUG's
+    technical page, or CommonMiddleware's redirect of a POST without its slash, would not be)."""
+    return _json_error(status.HTTP_404_NOT_FOUND, "not_found", "Not found.")
 
 
 def _json_error(status_code: int, code: str, message: str) -> JsonResponse:

@@ -1,12 +1,14 @@
 """Liveness and readiness probes.
 
-Readiness checks the database, Redis (when configured) and the Celery broker, each with a short
-timeout. A check listed in READINESS_REQUIRED that fails makes the answer 503; any other failing
+Readiness checks the database, Redis (when configured) and the Celery broker at once, on threads
+of their own, and answers within READINESS_TIMEOUT seconds whatever they do (Kubernetes' default
+probe timeout is 1 s): a check that has not answered by then has failed ("timeout"). A check listed in READINESS_REQUIRED that fails makes the answer 503; any other failing
 check makes it 200 with status "degraded", so a Redis outage need not take every web process out
 of the load balancer when the operator says the platform can run without it.
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.core.cache import cache
@@ -41,18 +43,34 @@ def _check_broker():
 CHECKS = {"database": _check_database, "redis": _check_redis, "broker": _check_broker}
 
 
+# Threads of their own (each keeps its database connection), so that a hanging check holds none
+# of the web process's request threads; one per check, so that one hanging cannot delay another.
+_executor = ThreadPoolExecutor(max_workers=len(CHECKS) * 2, thread_name_prefix="readiness")
+
+
+def _timed(check):
+    started = time.perf_counter()
+    note = check()
+    return note, round((time.perf_counter() - started) * 1000, 2)
+
+
 @transaction.non_atomic_requests
 def ready(request):
+    futures = {name: _executor.submit(_timed, check) for name, check in CHECKS.items()}
+    wait(futures.values(), timeout=settings.READINESS_TIMEOUT)
     results, failed = {}, []
-    for name, check in CHECKS.items():
-        started = time.perf_counter()
+    for name, future in futures.items():
+        if not future.done():
+            results[name] = {"ok": False, "error": "timeout"}
+            failed.append(name)
+            continue
         try:
-            note = check()
+            note, ms = future.result()
         except Exception as exc:  # a probe reports every failure, whatever its kind
             results[name] = {"ok": False, "error": type(exc).__name__}
             failed.append(name)
             continue
-        results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        results[name] = {"ok": True, "ms": ms}
         if note:
             results[name]["note"] = note
     required_failed = [name for name in failed if name in settings.READINESS_REQUIRED]

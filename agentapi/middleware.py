@@ -9,10 +9,13 @@ import logging
 import time
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.http import JsonResponse
 
 from agentapi import context
 
 access_log = logging.getLogger("agentapi.access")
+security_log = logging.getLogger("django.security.DisallowedHost")
 
 
 def client_ip(request) -> str | None:
@@ -49,3 +52,34 @@ class RequestContextMiddleware:
             return response
         finally:
             context.reset(token)
+
+
+class APIGuardMiddleware:
+    """Under /api/, what Django would answer with a page (in DEBUG, its technical page) is the
+    JSON error shape instead: a Host not in ALLOWED_HOSTS (400) and a body declared larger than
+    DATA_UPLOAD_MAX_MEMORY_SIZE (413, naming the limit), refused before anything reads it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith("/api/"):
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+        return self.get_response(request)
+
+    def _refusal(self, request):
+        from agentapi import errors
+
+        try:
+            request.get_host()
+        except DisallowedHost as exc:
+            security_log.error(str(exc))
+            return JsonResponse(errors.error_body("bad_request", "The request could not be understood."), status=400)
+        declared = request.META.get("CONTENT_LENGTH") or ""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            error = errors.request_too_large()
+            return JsonResponse(errors.error_body(error.error_code, str(error.detail)), status=413)
+        return None

@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.db import transaction
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from agentapi import health, metrics
+from agentapi import errors, health, metrics
 
 api_v1 = [
     path("", include("tenants.api.urls")),
@@ -24,6 +24,7 @@ urlpatterns = [
         name="api-docs",
     ),
     path("api/v1/", include(api_v1)),
+    re_path(r"^api/", transaction.non_atomic_requests(errors.api_not_found), name="api-not-found"),
     path("admin/", admin.site.urls),
     path("auth/", include("social_django.urls", namespace="social")),
     path("", include("tenants.urls")),

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "agentapi.middleware.RequestContextMiddleware",
+    "agentapi.middleware.APIGuardMiddleware",
     "agentapi.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -393,6 +394,8 @@ PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 # Readiness answers 503 when one of these fails; others only make it "degraded". Without Redis the
 # platform goes on (local breakers, no shared cache), so by default only the database is required.
 READINESS_REQUIRED = env.list("READINESS_REQUIRED", default=["database"])
+# Readiness answers within this many seconds; a check still running by then has failed.
+READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=0.8)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)

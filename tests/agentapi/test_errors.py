@@ -85,3 +85,29 @@ def test_strings_the_database_cannot_store_are_a_400_not_a_500(alice_api):
         response = alice_api.request("post", "/api/v1/oauth/providers/", body)
         assert response.status_code == 400, body
         assert error_of(response)["code"] == "malformed_request"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unknown_api_path_is_json_in_every_profile(alice_api, settings, debug):
+    settings.DEBUG = debug
+    response = alice_api.get("/api/v1/nothing-here/")
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    response = alice_api.post("/api/nothing/at/all", {})
+    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bad_host_under_the_api_is_a_json_400_in_every_profile(alice_api, settings, debug):
+    settings.DEBUG = debug
+    response = alice_api.get("/api/v1/me/", HOST="evil.example.com")
+    assert response.status_code == 400 and error_of(response)["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_body_over_the_limit_is_a_413_that_names_it(alice_api, settings, debug):
+    settings.DEBUG = debug
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = alice_api.post("/api/v1/members/", {"email": "x@acme.test", "name": "y" * 2000})
+    assert response.status_code == 413
+    error = error_of(response)
+    assert error["code"] == "request_too_large" and "1000 bytes" in error["message"]

@@ -92,3 +92,26 @@ def test_metrics_add_up_across_worker_processes(tmp_path, db):
         if line.startswith('agentapi_http_requests_total{method="GET",route="health/live/",status="200"}')
     )
     assert float(line.split()[-1]) == 7.0
+
+
+def test_readiness_answers_within_its_timeout_when_a_check_hangs(client, db, settings):
+    import socket
+    import time
+
+    silent = socket.socket()  # accepts connections and never answers: a hung Redis
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        settings.REDIS_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        settings.CACHES = {"default": {**django_settings.CACHES["default"], "LOCATION": settings.REDIS_URL}}
+        settings.READINESS_TIMEOUT = 0.5
+        started = time.perf_counter()
+        response = client.get("/health/ready/")
+        elapsed = time.perf_counter() - started
+    finally:
+        silent.close()
+    assert elapsed < 0.9, elapsed
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "degraded"
+    assert body["checks"]["redis"] == {"ok": False, "error": "timeout"}
+    assert body["checks"]["database"]["ok"] is True
