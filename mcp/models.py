@@ -59,6 +59,8 @@ class StdioTemplate(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "stdio template"
+        verbose_name_plural = "stdio templates"
         ordering = ["name"]
 
     def __str__(self):
@@ -96,6 +98,8 @@ class MCPConfiguration(TenantModel):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "MCP configuration"
+        verbose_name_plural = "MCP configurations"
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(
@@ -168,6 +172,8 @@ class ToolPin(TenantModel):
     changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = "tool pin"
+        verbose_name_plural = "tool pins"
         ordering = ["name"]
         constraints = [models.UniqueConstraint(fields=["configuration", "name"], name="mcp_toolpin_unique")]
 

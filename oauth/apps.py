@@ -3,3 +3,4 @@ from django.apps import AppConfig
 
 class OAuthConfig(AppConfig):
     name = "oauth"
+    verbose_name = "OAuth connections"

@@ -63,6 +63,8 @@ class OAuthProvider(models.Model):
     objects = ProviderManager()
 
     class Meta:
+        verbose_name = "OAuth provider"
+        verbose_name_plural = "OAuth providers"
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(
@@ -148,6 +150,8 @@ class OAuthToken(TenantModel):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "OAuth connection"
+        verbose_name_plural = "OAuth connections"
         ordering = ["-id"]
         constraints = [
             models.UniqueConstraint(fields=["user", "provider"], name="oauth_token_one_per_user_and_provider")
