@@ -16,8 +16,9 @@ def main():
     try:
         from django.core.management import execute_from_command_line
     except ImportError:
-        venv_python = Path(__file__).resolve().parent / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():
+        venv = Path(__file__).resolve().parent / ".venv"
+        venv_python = venv / "bin" / "python"
+        if venv_python.exists() and Path(sys.prefix).resolve() != venv.resolve():
             os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
         sys.exit("Django is not installed for this Python: run `make run` once (it creates .venv), then ./manage.py.")
     execute_from_command_line(sys.argv)
