@@ -19,7 +19,7 @@ def main():
         venv = Path(__file__).resolve().parent / ".venv"
         venv_python = venv / "bin" / "python"
         if venv_python.exists() and Path(sys.prefix).resolve() != venv.resolve():
-            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])  # noqa: S606 (our venv)
         sys.exit("Django is not installed for this Python: run `make run` once (it creates .venv), then ./manage.py.")
     execute_from_command_line(sys.argv)
 

@@ -331,6 +331,9 @@ JWT_JWKS_CACHE_SECONDS = env.int("JWT_JWKS_CACHE_SECONDS", default=3600)
 JWT_JWKS_REFETCH_COOLDOWN_SECONDS = env.int("JWT_JWKS_REFETCH_COOLDOWN_SECONDS", default=60)
 JWT_LEEWAY_SECONDS = env.int("JWT_LEEWAY_SECONDS", default=30)
 
+# Failed admin password sign-ins a minute, per address and per account, before refusing more.
+ADMIN_SIGNIN_FAILURES_PER_MINUTE = env.int("ADMIN_SIGNIN_FAILURES_PER_MINUTE", default=5)
+
 # API keys: last use is written at most this often per key, never on every request.
 API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
 # Audit events older than this many days are purged by the scheduled job (0 keeps them forever).
