@@ -63,6 +63,12 @@ class UpstreamUnavailable(UpstreamError):
     status, code = 503, "upstream_unavailable"
 
 
+class UpstreamExited(UpstreamError):
+    """A stdio server that exited before it completed the MCP handshake."""
+
+    status, code = 502, "upstream_exited"
+
+
 class UpstreamBusy(UpstreamError):
     status, code = 503, "upstream_busy"
 
@@ -133,6 +139,10 @@ class _Entry:
     # The SDK turns an HTTP 401 into a generic JSON-RPC error; the HTTP client's response hook
     # notes it here so that a refused credential is told apart from a failing server.
     refused: bool = False
+    # A stdio server's stderr goes to a file of ours; its last lines (secrets removed) are kept
+    # when the process ends, to say why one that exited at start did.
+    stderr_path: str | None = None
+    stderr_tail: str | None = None
 
 
 # Errors that mean the connection or process is gone. Whether the request reached the server is
@@ -371,8 +381,10 @@ class Pool:
         except MCPError as exc:
             if entry.refused:
                 raise UpstreamUnauthorized("The server refused the credential it was sent (401).") from None
+            await self._raise_if_exited(entry)
             raise UpstreamError(f"The server refused the MCP handshake: {str(exc.error.message)[:200]}") from None
         except Exception as exc:  # any transport failure while connecting
+            await self._raise_if_exited(entry)
             if entry.refused or _unauthorized(exc):
                 raise UpstreamUnauthorized("The server refused the credential it was sent (401).") from None
             raise UpstreamError(f"Could not connect to the server ({_describe(exc)}).") from None
@@ -383,6 +395,16 @@ class Pool:
         self.entries[target.key] = entry
         metrics.pool_size.set(len(self.entries))
         return entry
+
+    async def _raise_if_exited(self, entry: _Entry) -> None:
+        """For a stdio server whose handshake failed: when its process ended, say so, with the
+        last lines it wrote to stderr."""
+        if entry.target.transport != "stdio" or entry.task is None:
+            return
+        await asyncio.wait({entry.task}, timeout=2)
+        if entry.task.done() and entry.stderr_tail is not None:
+            said = f" Its last output: {entry.stderr_tail}" if entry.stderr_tail else " It wrote nothing to stderr."
+            raise UpstreamExited("The stdio server exited as it started." + said) from None
 
     async def _hold(self, entry: _Entry, ready: asyncio.Future) -> None:
         """The session's own task: connect, hand the client over, hold it until told to close."""
@@ -407,6 +429,10 @@ class Pool:
                 metrics.pool_size.set(len(self.entries))
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
+            if entry.stderr_path:
+                entry.stderr_tail = stdio.stderr_tail(entry.stderr_path)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.stderr_path)
 
     def _transport(self, target: Target, stack, entry: _Entry | None = None):
         headers = dict(target.headers)
@@ -414,7 +440,10 @@ class Pool:
             executable, argv, env = target.stdio
             workdir = tempfile.mkdtemp(prefix="mcp-stdio-", dir=settings.MCP_STDIO_ROOT or None)
             env = {"PATH": stdio.BASE_PATH, "HOME": workdir, "LANG": "C.UTF-8", **dict(env)}
-            errlog = stack.enter_context(open(os.devnull, "w"))
+            descriptor, path = tempfile.mkstemp(prefix="mcp-stderr-", dir=settings.MCP_STDIO_ROOT or None)
+            if entry is not None:
+                entry.stderr_path = path
+            errlog = stack.enter_context(os.fdopen(descriptor, "w"))
             params = StdioServerParameters(command=executable, args=list(argv), env=env, cwd=workdir)
             return stdio_client(params, errlog=errlog), workdir
         checked = outbound.check_url(target.url)  # checked again when dialled, and pinned

@@ -4,7 +4,7 @@ A tenant never chooses a command line. An operator's StdioTemplate fixes the com
 arguments and fixed environment; a tenant fills in only the options and variables the template
 names. Variables that make an interpreter or the dynamic linker load code are refused everywhere,
 templates included. The process starts without a shell, through prlimit (util-linux) so that its
-memory, CPU time and open files are capped from its first instruction, with an environment built
+memory (data), CPU time and open files are capped from its first instruction, with an environment built
 from nothing but a minimal PATH/HOME and what the template and tenant set, in a working directory
 of its own.
 """
@@ -107,11 +107,40 @@ def command_line(template, stdio_arguments: dict) -> tuple[str, list[str], dict]
     argv = [str(a) for a in template.arguments]
     for option, value in (stdio_arguments.get("arguments") or {}).items():
         argv += [option, value]
+    # Memory is capped as data (RLIMIT_DATA: heap and private writable mappings), not as address
+    # space (--as): V8, Go and the JVM reserve far more address space than they use, and die at
+    # start under an address-space cap that would fit their real use many times over.
     limits = [
-        f"--as={template.memory_limit_mb * 1024 * 1024}",
+        f"--data={template.memory_limit_mb * 1024 * 1024}",
         f"--cpu={template.cpu_limit_seconds}",
         f"--nofile={template.open_files_limit}",
     ]
     prlimit = shutil.which("prlimit", path=BASE_PATH) or "/usr/bin/prlimit"
     env = {**template.env, **(stdio_arguments.get("env") or {})}
     return prlimit, [*limits, "--", command, *argv], env
+
+
+# A line's secret-looking values: "TOKEN=...", "password: ...", "Authorization: Bearer ...".
+_SECRET_VALUE = re.compile(
+    r"(?i)((?:pass(?:word)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key|bearer)"
+    r"[\w-]*[\"']?\s*[:=]\s*[\"']?)(?:bearer\s+|basic\s+)?[^\s,;\"']+"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(line: str) -> str:
+    """The line with the values of anything that looks like a credential replaced."""
+    return _BEARER.sub(r"\1 [redacted]", _SECRET_VALUE.sub(r"\1[redacted]", line))
+
+
+def stderr_tail(path: str, lines: int = 5, limit: int = 1000) -> str:
+    """The last lines a process wrote to its stderr file, secrets redacted, at most `limit` characters."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 16384))
+            text = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    tail = [redact(line.strip()) for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail)[-limit:]

@@ -84,6 +84,31 @@ def mcp_settings(settings):
     pool.shutdown()  # every test starts from an empty pool; nothing outlives it
 
 
+NPM_PACKAGE = "@modelcontextprotocol/server-everything@2026.8.31"
+
+
+@pytest.fixture(scope="session")
+def npm_everything() -> list[str]:
+    """The reference MCP server from npm (not written here), installed once into var/npm:
+    [node, its entry point, "stdio"]."""
+    import shutil
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "Node.js and npm are needed for the npm server tests (apt-get install nodejs npm)"
+    prefix = Path(__file__).resolve().parents[2] / "var" / "npm"
+    entry = prefix / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+    if not entry.exists():
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), NPM_PACKAGE],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    assert entry.exists(), f"{NPM_PACKAGE} has no {entry}"
+    return [node, str(entry), "stdio"]
+
+
 @pytest.fixture
 def test_template(db):
     return StdioTemplate.objects.create(

@@ -1,6 +1,7 @@
 """stdio servers: started without a shell, limited, pooled, capped per organization, closed when
 idle, and never leaked (a churn of connections, with the processes counted)."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -51,7 +52,10 @@ def test_a_process_runs_with_limits_and_without_a_shell(alice_api, test_template
         ][0]["text"]
     )
     limits = Path(f"/proc/{pid}/limits").read_text()
-    assert f"Max address space         {4096 * 1024 * 1024}" in limits
+    # Memory is capped as data (RLIMIT_DATA), not address space, which V8, Go and the JVM reserve
+    # far beyond what they use.
+    assert f"Max data size             {4096 * 1024 * 1024}" in limits
+    assert "Max address space         unlimited" in limits
     assert "Max open files            256                  256" in limits
     assert "Max cpu time              3600                 3600" in limits
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -121,3 +125,45 @@ def test_a_missing_command_is_a_clear_error(alice_api, test_template):
     configuration = configure(alice_api, transport="stdio", stdio_template="test-server")
     response = echo(alice_api, configuration)
     assert response.status_code == 502 and "not installed" in error_of(response)["message"]
+
+
+def test_a_process_that_exits_at_start_is_reported_at_once_with_its_status_and_stderr(alice_api, caplog):
+    from mcp.models import StdioTemplate
+
+    StdioTemplate.objects.create(
+        name="exits",
+        command=sys.executable,
+        arguments=["-c", EXITS_AT_START],
+        memory_limit_mb=1024,
+    )
+    configuration = configure(alice_api, transport="stdio", stdio_template="exits")
+    started = time.monotonic()
+    response = echo(alice_api, configuration)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2, elapsed
+    assert response.status_code == 502, response.content
+    error = error_of(response)
+    assert error["code"] == "upstream_exited"
+    assert "exited" in error["message"] and "fatal: no configuration file" in error["message"]
+    assert "hunter2" not in response.content.decode() and "s3cr3t" not in response.content.decode()
+    assert "Future exception was never retrieved" not in caplog.text
+
+
+EXITS_AT_START = (
+    "import sys; sys.stderr.write('starting up\\nAPI_TOKEN=hunter2\\nAuthorization: Bearer s3cr3t\\n"
+    "fatal: no configuration file\\n'); sys.exit(3)"
+)
+
+
+def test_a_node_server_from_npm_runs_under_the_default_limits(alice_api, npm_everything):
+    from mcp.models import StdioTemplate
+
+    StdioTemplate.objects.create(name="everything", command=npm_everything[0], arguments=npm_everything[1:])
+    assert StdioTemplate.objects.get(name="everything").memory_limit_mb == 1024  # the default
+    configuration = configure(alice_api, transport="stdio", stdio_template="everything")
+    response = alice_api.post(
+        f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/",
+        {"name": "echo", "arguments": {"message": "from node"}},
+    )
+    assert response.status_code == 200, response.content
+    assert "from node" in response.json()["content"][0]["text"]
