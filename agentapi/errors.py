@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import connections
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -119,6 +120,7 @@ def request_too_large() -> APIError:
     return APIError("request_too_large", f"The body is larger than the {limit} bytes accepted.", status=413)
 
 
+@csrf_exempt  # it changes nothing, and a CSRF page would not be the JSON shape
 def api_not_found(request, *args, **kwargs):
     """The last route under /api/: an unknown path is the JSON 404 in every profile (DEBUG's
     technical page, or CommonMiddleware's redirect of a POST without its slash, would not be)."""
