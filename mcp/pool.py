@@ -16,6 +16,7 @@ reached the server is never sent twice.
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import httpx2
 from django.conf import settings
 from mcp_types.jsonrpc import CONNECTION_CLOSED
 
+import mcp.client.stdio as sdk_stdio
 from agentapi import http, outbound
 from agentapi.db import aio
 from agentapi.resilience import Breaker, BreakerOpen, SharedRedis, retry_async
@@ -143,6 +145,7 @@ class _Entry:
     # when the process ends, to say why one that exited at start did.
     stderr_path: str | None = None
     stderr_tail: str | None = None
+    process: object | None = None  # the stdio server's process (anyio Process), for its exit status
 
 
 # Errors that mean the connection or process is gone. Whether the request reached the server is
@@ -188,6 +191,24 @@ def _never_reached(exc: BaseException) -> bool:
             ConnectionRefusedError,
         ),
     )
+
+
+# The SDK's stdio transport keeps the process it spawns to itself; the one thing we need from it is
+# the exit status of a server that died at start. Its spawn function is wrapped to hand the process
+# to the entry whose task spawned it (a context variable set by that task), nothing else.
+_spawning: contextvars.ContextVar["_Entry | None"] = contextvars.ContextVar("agentapi_mcp_spawning", default=None)
+_sdk_spawn = sdk_stdio._create_platform_compatible_process
+
+
+async def _spawn_and_keep(*args, **kwargs):
+    process = await _sdk_spawn(*args, **kwargs)
+    entry = _spawning.get()
+    if entry is not None:
+        entry.process = process
+    return process
+
+
+sdk_stdio._create_platform_compatible_process = _spawn_and_keep
 
 
 def _http_client(checked: outbound.CheckedURL, headers: dict, entry=None, **kwargs) -> httpx2.AsyncClient:
@@ -403,12 +424,15 @@ class Pool:
             return
         await asyncio.wait({entry.task}, timeout=2)
         if entry.task.done() and entry.stderr_tail is not None:
+            status = getattr(entry.process, "returncode", None)
+            exited = "exited" + (f" with exit status {status}" if status is not None else "")
             said = f" Its last output: {entry.stderr_tail}" if entry.stderr_tail else " It wrote nothing to stderr."
-            raise UpstreamExited("The stdio server exited as it started." + said) from None
+            raise UpstreamExited(f"The stdio server {exited} as it started." + said) from None
 
     async def _hold(self, entry: _Entry, ready: asyncio.Future) -> None:
         """The session's own task: connect, hand the client over, hold it until told to close."""
         workdir = None
+        _spawning.set(entry)  # this task's own context
         try:
             async with contextlib.AsyncExitStack() as stack:
                 transport, workdir = self._transport(entry.target, stack, entry)

@@ -144,7 +144,7 @@ def test_a_process_that_exits_at_start_is_reported_at_once_with_its_status_and_s
     assert response.status_code == 502, response.content
     error = error_of(response)
     assert error["code"] == "upstream_exited"
-    assert "exited" in error["message"] and "fatal: no configuration file" in error["message"]
+    assert "exited with exit status 3" in error["message"] and "fatal: no configuration file" in error["message"]
     assert "hunter2" not in response.content.decode() and "s3cr3t" not in response.content.decode()
     assert "Future exception was never retrieved" not in caplog.text
 
