@@ -108,7 +108,12 @@ async def reach(configuration: MCPConfiguration, user_id: int) -> pool.Target:
             return cached[1]
     target = await in_worker(target_for)(configuration, user_id)
     if _cacheable(configuration):
-        _targets[key] = (time.monotonic(), target)
+        now = time.monotonic()
+        # Nothing outlives its time here: expired targets (and the credentials they carry, and
+        # those of older revisions) are dropped whenever a new one is kept.
+        for stale in [k for k, (kept, _) in _targets.items() if now - kept >= settings.DATA_KEY_CACHE_SECONDS]:
+            del _targets[stale]
+        _targets[key] = (now, target)
     return target
 
 

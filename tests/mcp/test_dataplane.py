@@ -241,3 +241,17 @@ def test_the_embedded_profile_serves_the_same_routes_on_the_management_plane(ali
     )
     assert response.status_code == 200 and type(response).__name__ != "DataPlaneResponse"
     assert response.json()["content"][0]["text"] == "x"
+
+
+def test_kept_credentials_do_not_outlive_their_time(alice_api, http_server, settings):
+    from mcp import dataplane as mcp_dataplane
+
+    settings.DATA_KEY_CACHE_SECONDS = 0.2
+    first = configure(alice_api, name="first", url=http_server.url)
+    second = configure(alice_api, name="second", url=http_server.url)
+    body = {"name": "echo", "arguments": {"text": "x"}}
+    assert alice_api.post(f"/api/v1/mcp/configurations/{first['id']}/tools/call/", body).status_code == 200
+    assert any(key[0] == first["id"] for key in mcp_dataplane._targets)
+    time.sleep(0.3)
+    assert alice_api.post(f"/api/v1/mcp/configurations/{second['id']}/tools/call/", body).status_code == 200
+    assert not any(key[0] == first["id"] for key in mcp_dataplane._targets)  # expired, dropped
