@@ -48,8 +48,6 @@ class Request:
     headers: dict[str, str]
     query: dict[str, list[str]]
     body: bytes
-    client_ip: str | None
-    route: str
     _json: object = field(default=None, repr=False)
 
     def json(self):
@@ -238,8 +236,6 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
             headers=headers,
             query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
             body=body,
-            client_ip=(scope.get("client") or [None])[0],
-            route=route.name,
         )
         return 200, await _handler(route.handler)(request, **kwargs), {}
     except exceptions.APIException as exc:

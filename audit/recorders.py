@@ -51,11 +51,7 @@ def deferred_security_events():
     finally:
         pending = _pending.get()
         _pending.reset(token)
-        for kind, facts, state in pending:
-            try:
-                _write(kind, facts, state)
-            except Exception:  # the response is already decided; never turn it into a 500
-                logger.exception("Could not record a security event", extra={"kind": kind})
+        _write_all(pending)
 
 
 @asynccontextmanager

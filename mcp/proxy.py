@@ -90,12 +90,14 @@ def upstream_error(exc: pool.UpstreamError) -> APIError:
     return APIError(exc.code, str(exc), status=exc.status, retry_after=exc.retry_after)
 
 
-def _run(configuration, user_id, method: str, operation, *, reads: bool):
-    """An unaudited call (listing, testing): call through the pool, measure, translate failures."""
+def _run(configuration, user_id, method: str, operation, *, reads: bool, plan: "CallPlan | None" = None):
+    """Call through the pool, measure, translate failures. With a plan: shape the result, check
+    its size, and audit the call whatever happens."""
     started = time.perf_counter()
     error = None
     try:
-        return _call_with_fresh_credential(configuration, user_id, operation, reads=reads)
+        result = _call_with_fresh_credential(configuration, user_id, operation, reads=reads)
+        return checked_size(plan.shape(result)) if plan is not None else result
     except APIError as exc:
         error = exc
         raise
@@ -103,7 +105,11 @@ def _run(configuration, user_id, method: str, operation, *, reads: bool):
         error = exc
         raise upstream_error(exc) from None
     finally:
-        outcome_of(configuration, method, started, error)
+        if plan is None:
+            outcome_of(configuration, method, started, error)
+        else:
+            event = outcome_of(configuration, method, started, error, plan.audit_action, plan.audit_details)
+            audit_record(event.pop("action"), **event)
 
 
 def tool_refusal(configuration: MCPConfiguration, name: str, *, withheld: bool) -> APIError | None:
@@ -202,21 +208,7 @@ def checked_size(body: dict) -> dict:
 
 
 def _run_plan(configuration, user_id, plan: CallPlan) -> dict:
-    """An audited call: call, shape, check its size; measure and audit it whatever happens."""
-    started = time.perf_counter()
-    error = None
-    try:
-        result = _call_with_fresh_credential(configuration, user_id, plan.operation, reads=plan.reads)
-        return checked_size(plan.shape(result))
-    except APIError as exc:
-        error = exc
-        raise
-    except pool.UpstreamError as exc:
-        error = exc
-        raise upstream_error(exc) from None
-    finally:
-        event = outcome_of(configuration, plan.method, started, error, plan.audit_action, plan.audit_details)
-        audit_record(event.pop("action"), **event)
+    return _run(configuration, user_id, plan.method, plan.operation, reads=plan.reads, plan=plan)
 
 
 def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
