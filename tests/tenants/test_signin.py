@@ -1,5 +1,9 @@
 """The admin's password sign-in: each failure recorded, too many refused per address and account."""
 
+import time
+from types import SimpleNamespace
+from unittest import mock
+
 import pytest
 from django.core.cache import cache
 from django.test import Client
@@ -12,7 +16,11 @@ from tenants.models import User
 @pytest.fixture(autouse=True)
 def fresh_counters():
     cache.clear()  # the counters live in the shared cache (Redis here)
-    yield
+    # The counters are fixed one-minute windows: hold the clock inside one window, or a test that
+    # straddles a window's end would see its counts start again.
+    now = time.time()
+    with mock.patch("django_ratelimit.core.time", SimpleNamespace(time=lambda: now)):
+        yield
     cache.clear()
 
 
