@@ -5,12 +5,17 @@ that passed: the network backend refuses any other host or port and connects to 
 addresses only, so a second DNS answer (rebinding) cannot send the request elsewhere; TLS still
 verifies the name. Redirects are not followed and proxies from the environment are ignored (they
 would carry the request past the pin). `request()` serves synchronous callers (OAuth providers);
-`async_pinned_transport()` serves the MCP pool's sessions.
+`async_pinned_transport()` serves the MCP pool's sessions; `pinned_session()` their tool calls on
+the stateless wire (mcp.wire), with aiohttp.
 
 httpx2 has no parameter for the network backend, so the connection pool each transport builds is
-replaced by an equal one that connects through the pinned backend.
+replaced by an equal one that connects through the pinned backend. aiohttp takes a resolver: the
+pinned one answers the checked addresses for the checked origin and nothing for any other.
 """
 
+import socket
+
+import aiohttp
 import httpcore2
 import httpx2
 from django.conf import settings
@@ -60,6 +65,49 @@ class AsyncPinnedBackend(httpcore2.AsyncNetworkBackend):
 
     async def sleep(self, seconds):
         await self.inner.sleep(seconds)
+
+
+class PinnedResolver(aiohttp.abc.AbstractResolver):
+    def __init__(self, checked: outbound.CheckedURL):
+        self.checked = checked
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
+        try:
+            addresses = _checked_addresses(self.checked, host, port)
+        except httpcore2.ConnectError as exc:
+            raise OSError(str(exc)) from None
+        return [
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": port,
+                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def pinned_session(checked: outbound.CheckedURL, headers: dict) -> aiohttp.ClientSession:
+    """An aiohttp session that reaches only the checked origin's checked addresses (TLS verified
+    against the URL's name), follows no redirect, ignores the environment's proxies, keeps no
+    cookies, and sends `headers` on every request. Create and close it on the loop it serves."""
+    connector = aiohttp.TCPConnector(resolver=PinnedResolver(checked), use_dns_cache=False)
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.MCP_CONNECT_TIMEOUT, sock_read=settings.MCP_CALL_TIMEOUT
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers=headers,
+        timeout=timeout,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+    )
 
 
 def pinned_transport(checked: outbound.CheckedURL) -> httpx2.HTTPTransport:

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 import anyio
 import httpcore2
 import httpx2
@@ -37,7 +38,7 @@ import mcp.client.stdio as sdk_stdio
 from agentapi import http, outbound
 from agentapi.db import aio
 from agentapi.resilience import Breaker, BreakerOpen, SharedRedis, retry_async
-from mcp import Client, metrics, stdio
+from mcp import Client, metrics, stdio, wire
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -85,6 +86,16 @@ class UpstreamUnauthorized(UpstreamError):
     """The server refused the credential (HTTP 401): it is up; what it was sent is not accepted."""
 
     status, code = 502, "upstream_unauthorized"
+
+
+class UpstreamTooLarge(UpstreamError):
+    """The server's answer is larger than MCP_MAX_RESULT_BYTES (it answered: it is up)."""
+
+    status, code = 502, "upstream_result_too_large"
+
+    def __init__(self, size: int):
+        limit = settings.MCP_MAX_RESULT_BYTES
+        super().__init__(f"The server's result is {size} bytes; at most {limit} are passed on (MCP_MAX_RESULT_BYTES).")
 
 
 class UpstreamRejected(UpstreamError):
@@ -146,11 +157,47 @@ class _Entry:
     stderr_path: str | None = None
     stderr_tail: str | None = None
     process: object | None = None  # the stdio server's process (anyio Process), for its exit status
+    # A Streamable HTTP session's client for tool calls on the stateless wire (mcp.wire); None
+    # for other transports, and once the server answered in a way only the SDK handles.
+    wire: aiohttp.ClientSession | None = None
+
+
+class Upstream:
+    """What an operation is given: the pooled session's SDK client, with tool calls sent on the
+    stateless wire where the session speaks it (mcp.wire), else by the SDK. Everything else an
+    operation reaches for (list_tools, server_info, ...) is the SDK client's own."""
+
+    __slots__ = ("client", "_entry")
+
+    def __init__(self, entry: "_Entry"):
+        self.client = entry.client
+        self._entry = entry
+
+    async def call_tool(self, name: str, arguments: dict, meta=None) -> dict:
+        """The tool's result as JSON (CallToolResult's wire form), whichever way it was sent."""
+        entry = self._entry
+        if wire.applies(self.client, entry.wire):
+            try:
+                return await wire.call_tool(self.client, entry.wire, entry.target.url, name, arguments, meta)
+            except wire.Refused:
+                entry.refused = True
+                raise
+            except wire.ResultTooLarge as exc:
+                raise UpstreamTooLarge(exc.size) from None
+            except wire.NotForTheWire:
+                entry.wire = None  # nothing ran; this server's answers need the SDK's client
+        result = await self.client.call_tool(name, arguments, meta=meta)
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
 
 
 # Errors that mean the connection or process is gone. Whether the request reached the server is
 # decided separately (_reached).
 _CONNECTION_ERRORS = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
     httpx2.TransportError,
     httpcore2.NetworkError,
     anyio.ClosedResourceError,
@@ -184,6 +231,7 @@ def _never_reached(exc: BaseException) -> bool:
         exc,
         (
             _NotSent,
+            aiohttp.ClientConnectorError,
             httpx2.ConnectError,
             httpcore2.ConnectError,
             anyio.ClosedResourceError,
@@ -290,7 +338,7 @@ class Pool:
         except TimeoutError:
             await breaker.failure()
             raise UpstreamTimeout(f"The server did not answer within {timeout:g} seconds.") from None
-        except (UpstreamRejected, UpstreamUnauthorized):
+        except (UpstreamRejected, UpstreamUnauthorized, UpstreamTooLarge):
             await breaker.success()  # it answered: it is up
             raise
         except UpstreamRefused:
@@ -318,7 +366,7 @@ class Pool:
             if isinstance(exc, UpstreamError):
                 raise
             failure = exc
-        if _dropped(failure) and entry.task is not None:
+        if _dropped(failure) and entry.task is not None and not isinstance(failure, aiohttp.ClientError):
             # "Connection closed" says only that the session ended; what ended it tells whether
             # this request can have been delivered (a failed connect means it was not).
             await asyncio.wait({entry.task}, timeout=1)
@@ -352,7 +400,7 @@ class Pool:
             raise _NotSent()
         entry.in_use += 1
         try:
-            return await operation(entry.client)
+            return await operation(Upstream(entry))
         finally:
             entry.in_use -= 1
             entry.last_used = time.monotonic()
@@ -479,6 +527,9 @@ class Pool:
             return sse_client(target.url, headers=headers, httpx_client_factory=factory), None
         client = _http_client(checked, headers, entry)
         stack.push_async_callback(client.aclose)
+        if entry is not None:
+            entry.wire = http.pinned_session(checked, headers)
+            stack.push_async_callback(entry.wire.close)
         return streamable_http_client(target.url, http_client=client), None
 
     async def _make_room_for_process(self, organization_id: int) -> None:

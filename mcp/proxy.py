@@ -152,8 +152,7 @@ def plan_tool_call(configuration: MCPConfiguration, name: str, arguments: dict) 
     async def operation(client):
         return await client.call_tool(name, arguments, meta=meta)
 
-    def shape(result) -> dict:
-        body = _dump(result)
+    def shape(body: dict) -> dict:  # Upstream.call_tool answers the result's JSON
         return {
             "content": body.get("content", []),
             "structured_content": body.get("structuredContent"),

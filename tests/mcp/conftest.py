@@ -32,6 +32,10 @@ class RunningServer:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as response:
             return json.load(response)
 
+    def last_call(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/last-call", timeout=5) as response:
+            return json.load(response)
+
     def handshakes(self) -> int:
         stats = self.stats()
         return stats.get("server/discover", 0) + stats.get("initialize", 0)

@@ -1,12 +1,14 @@
 """A real MCP server (fastmcp) for the tests, over Streamable HTTP on loopback or over stdio.
 
-    python tests/mcp/server.py --port 0 [--token SECRET] [--sse]   (prints "PORT <n>" when listening)
+    python tests/mcp/server.py --port 0 [--token SECRET] [--sse] [--sse-answers]   (prints "PORT <n>")
     python tests/mcp/server.py --stdio
 
 Its tools cover every MCP content type and the faults the platform must survive: a tool that is
 slow, one that hangs, one that kills the server mid-call, one that fails. Over HTTP it counts the
 JSON-RPC methods it receives (GET /stats) so tests can count handshakes at the server, can demand
-a bearer token, and can rewrite a tool's description (POST /mutate) to test pinning.
+a bearer token, and can rewrite a tool's description (POST /mutate) to test pinning; GET /last-call
+shows the last tools/call as received (its MCP headers, user agent and JSON-RPC body); a call of the
+tool `refuse` is answered with a JSON-RPC error.
 """
 
 import argparse
@@ -27,7 +29,7 @@ sys.path = [
     if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ]
 
-from fastmcp import FastMCP  # noqa: E402
+from fastmcp import Context, FastMCP  # noqa: E402
 from fastmcp.exceptions import ToolError  # noqa: E402
 from fastmcp.tools import ToolResult  # noqa: E402
 from mcp_types import AudioContent, EmbeddedResource, ImageContent, ResourceLink, TextContent, TextResourceContents  # noqa: E402
@@ -38,6 +40,7 @@ WAV = base64.b64encode(b"RIFF-test-audio").decode()
 server = FastMCP("test-server", instructions="A server for the platform's tests.")
 methods = Counter()
 last_request_id = {}
+last_call = {}
 
 
 @server.tool
@@ -114,6 +117,14 @@ def media() -> ToolResult:
     )
 
 
+@server.tool
+async def chatty(ctx: Context) -> str:
+    """Log and report progress before answering (notifications ahead of the result)."""
+    await ctx.info("working")
+    await ctx.report_progress(1, 2)
+    return "done"
+
+
 @server.resource("test://greeting", mime_type="text/plain")
 def greeting() -> str:
     return "hello from a resource"
@@ -136,6 +147,12 @@ def counting(app, token: str | None):
     async def wrapped(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
+        if scope["path"] == "/last-call":
+            body = json.dumps(last_call).encode()
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
+            return await send({"type": "http.response.body", "body": body})
         if scope["path"] in ("/stats", "/mutate"):
             if scope["path"] == "/mutate":
                 server.local_provider.remove_tool("echo")
@@ -162,6 +179,7 @@ def counting(app, token: str | None):
         if scope["path"] in ("/token", "/revoke", "/register") and scope["method"] == "POST":
             form = dict(urllib.parse.parse_qsl(body.decode(errors="replace")))
             methods[f"{scope['path'][1:]}:{form.get('grant_type', 'request')}"] += 1
+        payload = None
         try:
             payload = json.loads(body) if body else None
             for item in payload if isinstance(payload, list) else [payload]:
@@ -170,8 +188,24 @@ def counting(app, token: str | None):
                     meta = (item.get("params") or {}).get("_meta") or {}
                     if "io.agentapi/request-id" in meta:
                         last_request_id["last_request_id"] = meta["io.agentapi/request-id"]
+                    if item["method"] == "tools/call":
+                        last_call.clear()
+                        last_call["body"] = item
+                        last_call["headers"] = {
+                            name.decode(): value.decode()
+                            for name, value in scope["headers"]
+                            if name.startswith(b"mcp-") or name in (b"accept", b"content-type", b"user-agent")
+                        }
         except ValueError:
             pass
+        if isinstance(payload, dict) and payload.get("method") == "tools/call":
+            if (payload.get("params") or {}).get("name") == "refuse":
+                # A protocol-level refusal (a JSON-RPC error), which fastmcp's tools never answer.
+                error = {"jsonrpc": "2.0", "id": payload.get("id"), "error": {"code": -32602, "message": "refused"}}
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+                )
+                return await send({"type": "http.response.body", "body": json.dumps(error).encode()})
         replayed = False
 
         async def replay():
@@ -192,6 +226,7 @@ def main():
     parser.add_argument("--token")
     parser.add_argument("--stdio", action="store_true")
     parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport at /sse")
+    parser.add_argument("--sse-answers", action="store_true", help="answer requests with SSE streams, not JSON")
     parser.add_argument("--oauth", action="store_true", help="demand OAuth: fastmcp's own authorization server")
     options = parser.parse_args()
     if options.stdio:
@@ -215,7 +250,10 @@ def main():
             revocation_options=RevocationOptions(enabled=True),
         )
     print(f"PORT {port}", flush=True)
-    http_app = server.http_app(path="/sse", transport="sse") if options.sse else server.http_app(path="/mcp")
+    if options.sse:
+        http_app = server.http_app(path="/sse", transport="sse")
+    else:
+        http_app = server.http_app(path="/mcp", json_response=False if options.sse_answers else None)
     app = counting(http_app, options.token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])

@@ -115,7 +115,7 @@ def test_when_every_process_is_busy_the_organization_waits(alice_api, test_templ
     response = echo(alice_api, other)
     assert response.status_code == 503 and error_of(response)["code"] == "upstream_busy"
     thread.join(10)
-    assert outcome[0].content[0].text == "slept 2.0"
+    assert outcome[0]["content"][0]["text"] == "slept 2.0"
     assert echo(alice_api, other).status_code == 200  # the idle one made room
 
 
