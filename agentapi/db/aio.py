@@ -32,6 +32,7 @@ data plane's routes on the management plane instead (agentapi.dataplane.enabled)
 """
 
 import asyncio
+import functools
 import re
 import weakref
 from dataclasses import dataclass
@@ -57,7 +58,12 @@ class Statement:
         return f"PREPARE {self.name} AS " + re.sub(r"%s", lambda _: f"${next(count)}", self.sql)
 
     def execute_sql(self, params: list) -> str:
-        return f"EXECUTE {self.name}" + (f"({', '.join('%s' for _ in params)})" if params else "")
+        return _execute_sql(self.name, len(params))
+
+
+@functools.cache
+def _execute_sql(name: str, count: int) -> str:
+    return f"EXECUTE {name}" + (f"({', '.join('%s' for _ in range(count))})" if count else "")
 
 
 # The settings' names are our own constants: written into the statement, only the values are bound.
@@ -142,7 +148,7 @@ async def run(scope: DatabaseScope, statements: list[tuple[Statement | str, list
         for statement, statement_params in [(_SET_SCOPE, scope_params), *statements]:
             statement_params = _adapt(statement_params)
             if isinstance(statement, Statement):
-                if statement.name not in prepared and statement.name not in {s.name for s in preparing}:
+                if statement.name not in prepared and statement not in preparing:
                     preparing.append(statement)
                 parts.append(statement.execute_sql(statement_params))
             else:
