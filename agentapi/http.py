@@ -92,14 +92,15 @@ class PinnedResolver(aiohttp.abc.AbstractResolver):
         pass
 
 
-def pinned_session(checked: outbound.CheckedURL, headers: dict) -> aiohttp.ClientSession:
+def pinned_session(
+    checked: outbound.CheckedURL, headers: dict, *, connect: float, read: float
+) -> aiohttp.ClientSession:
     """An aiohttp session that reaches only the checked origin's checked addresses (TLS verified
     against the URL's name), follows no redirect, ignores the environment's proxies, keeps no
-    cookies, and sends `headers` on every request. Create and close it on the loop it serves."""
+    cookies, and sends `headers` on every request; `connect` and `read` are its timeouts in
+    seconds. Create and close it on the loop it serves."""
     connector = aiohttp.TCPConnector(resolver=PinnedResolver(checked), use_dns_cache=False)
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.MCP_CONNECT_TIMEOUT, sock_read=settings.MCP_CALL_TIMEOUT
-    )
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
     return aiohttp.ClientSession(
         connector=connector,
         headers=headers,

@@ -45,11 +45,11 @@ def record_security_event(kind, **facts):
 def deferred_security_events():
     """Hold the security events of the request inside, and write them, each in its own
     transaction, once it is done."""
-    token = _pending.set([])
+    pending = []
+    token = _pending.set(pending)
     try:
         yield
     finally:
-        pending = _pending.get()
         _pending.reset(token)
         _write_all(pending)
 
@@ -60,11 +60,11 @@ async def deferred_security_events_async():
     a worker thread (they are rare: a refused credential, a lookup into another organization)."""
     from agentapi.workers import in_worker
 
-    token = _pending.set([])
+    pending = []
+    token = _pending.set(pending)
     try:
         yield
     finally:
-        pending = _pending.get()
         _pending.reset(token)
         if pending:
             await in_worker(_write_all)(pending)

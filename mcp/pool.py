@@ -368,7 +368,8 @@ class Pool:
             failure = exc
         if _dropped(failure) and entry.task is not None and not isinstance(failure, aiohttp.ClientError):
             # "Connection closed" says only that the session ended; what ended it tells whether
-            # this request can have been delivered (a failed connect means it was not).
+            # this request can have been delivered (a failed connect means it was not). A failure
+            # on the wire's own connection (aiohttp) ends no SDK session: nothing to wait for.
             await asyncio.wait({entry.task}, timeout=1)
             if entry.ended_by is not None and _never_reached(entry.ended_by):
                 failure = entry.ended_by
@@ -528,7 +529,9 @@ class Pool:
         client = _http_client(checked, headers, entry)
         stack.push_async_callback(client.aclose)
         if entry is not None:
-            entry.wire = http.pinned_session(checked, headers)
+            entry.wire = http.pinned_session(
+                checked, headers, connect=settings.MCP_CONNECT_TIMEOUT, read=settings.MCP_CALL_TIMEOUT
+            )
             stack.push_async_callback(entry.wire.close)
         return streamable_http_client(target.url, http_client=client), None
 

@@ -196,13 +196,8 @@ def plan_prompt_get(configuration: MCPConfiguration, name: str, arguments: dict)
 def checked_size(body: dict) -> dict:
     """The shaped result, unless it is larger than MCP_MAX_RESULT_BYTES (then a 502)."""
     size = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
-    limit = settings.MCP_MAX_RESULT_BYTES
-    if size > limit:
-        raise APIError(
-            "upstream_result_too_large",
-            f"The server's result is {size} bytes; at most {limit} are passed on (MCP_MAX_RESULT_BYTES).",
-            status=502,
-        )
+    if size > settings.MCP_MAX_RESULT_BYTES:
+        raise upstream_error(pool.UpstreamTooLarge(size))
     return body
 
 

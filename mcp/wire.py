@@ -92,8 +92,12 @@ async def call_tool(client: Client, session: aiohttp.ClientSession, url: str, na
         raise MCPError(INVALID_REQUEST, f"Unexpected content type: {kind or 'none'}")
 
 
+def _limit() -> int:
+    return settings.MCP_MAX_RESULT_BYTES + ENVELOPE_ALLOWANCE
+
+
 async def _read(response: aiohttp.ClientResponse) -> bytes:
-    limit = settings.MCP_MAX_RESULT_BYTES + ENVELOPE_ALLOWANCE
+    limit = _limit()
     if response.content_length is not None and response.content_length > limit:
         raise ResultTooLarge(response.content_length)
     chunks, size = [], 0
@@ -108,22 +112,26 @@ async def _read(response: aiohttp.ClientResponse) -> bytes:
 async def _from_events(response: aiohttp.ClientResponse, request_id: int) -> dict:
     """The response in an SSE answer; the notifications before it (progress, logs) are dropped,
     as the SDK's client drops them without a handler."""
-    limit = settings.MCP_MAX_RESULT_BYTES + ENVELOPE_ALLOWANCE
-    parser, decoder = _SSEParser(limit), codecs.getincrementaldecoder("utf-8")(errors="replace")
-    async for chunk in response.content.iter_any():
-        for event in parser.decode(decoder.decode(chunk)):
-            message = _message(event.data)
-            if message is not None and message.get("id") == request_id and "method" not in message:
-                return _result(message, request_id)
-            if message is not None and "method" in message:
-                # A request from the server in the middle of a call (sampling, elicitation): the
-                # platform has no user to put it to, as the SDK's client without callbacks has not.
-                raise MCPError(INVALID_REQUEST, f"The server asked the client for {message['method']!r} mid-call.")
-    for event in parser.flush():
+    async for event in _events(response):
         message = _message(event.data)
-        if message is not None and message.get("id") == request_id and "method" not in message:
+        if message is None:
+            continue
+        if "method" in message:
+            # A request from the server in the middle of a call (sampling, elicitation): the
+            # platform has no user to put it to, as the SDK's client without callbacks has not.
+            raise MCPError(INVALID_REQUEST, f"The server asked the client for {message['method']!r} mid-call.")
+        if message.get("id") == request_id:
             return _result(message, request_id)
     raise MCPError(CONNECTION_CLOSED, "SSE stream ended without a response")
+
+
+async def _events(response: aiohttp.ClientResponse):
+    parser, decoder = _SSEParser(_limit()), codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async for chunk in response.content.iter_any():
+        for event in parser.decode(decoder.decode(chunk)):
+            yield event
+    for event in parser.flush():
+        yield event
 
 
 def _message(data: str) -> dict | None:
