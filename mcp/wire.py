@@ -30,6 +30,7 @@ import itertools
 import json
 
 import aiohttp
+import httpx2
 from django.conf import settings
 from httpx2._sse import _SSEParser
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND
@@ -126,12 +127,19 @@ async def _from_events(response: aiohttp.ClientResponse, request_id: int) -> dic
 
 
 async def _events(response: aiohttp.ClientResponse):
+    """The answer's events; one larger than the result cap is ResultTooLarge (the parser stops
+    buffering it there)."""
     parser, decoder = _SSEParser(_limit()), codecs.getincrementaldecoder("utf-8")(errors="replace")
-    async for chunk in response.content.iter_any():
-        for event in parser.decode(decoder.decode(chunk)):
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            for event in parser.decode(decoder.decode(chunk)):
+                yield event
+        for event in parser.flush():
             yield event
-    for event in parser.flush():
-        yield event
+    except httpx2.SSEError:
+        raise ResultTooLarge(size) from None
 
 
 def _message(data: str) -> dict | None:

@@ -141,7 +141,36 @@ def review(language: str) -> str:
     return f"Please review this {language} code."
 
 
-def counting(app, token: str | None):
+def as_event_stream(send):
+    """ASGI send wrapper: a JSON answer to a request goes out as an SSE stream instead, a logging
+    notification first and the answer as the last event, as the protocol lets a server answer
+    (fastmcp answers 2026-07-28 requests in JSON whatever `json_response` says)."""
+    started = {}
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            if message["status"] == 200 and headers.get(b"content-type", b"").startswith(b"application/json"):
+                started.update(message)
+                return None
+            return await send(message)
+        if message["type"] == "http.response.body" and started:
+            started.setdefault("chunks", []).append(message.get("body", b""))
+            if message.get("more_body", False):
+                return None
+            methods["sse-answer"] += 1
+            note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
+            stream = b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n"
+            stream += b"event: message\ndata: " + b"".join(started["chunks"]) + b"\n\n"
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            return await send({"type": "http.response.body", "body": stream})
+        return await send(message)
+
+    return wrapped
+
+
+def counting(app, token: str | None, sse_answers: bool = False):
     """ASGI wrapper: count JSON-RPC methods, demand the bearer token, serve /stats and /mutate."""
 
     async def wrapped(scope, receive, send):
@@ -215,7 +244,7 @@ def counting(app, token: str | None):
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await app(scope, replay, send)
+        return await app(scope, replay, as_event_stream(send) if sse_answers else send)
 
     return wrapped
 
@@ -253,8 +282,8 @@ def main():
     if options.sse:
         http_app = server.http_app(path="/sse", transport="sse")
     else:
-        http_app = server.http_app(path="/mcp", json_response=False if options.sse_answers else None)
-    app = counting(http_app, options.token)
+        http_app = server.http_app(path="/mcp")
+    app = counting(http_app, options.token, options.sse_answers)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
 

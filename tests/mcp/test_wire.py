@@ -73,7 +73,9 @@ def test_every_content_type_comes_back_as_the_sdk_reads_it(http_server):
 def test_an_answer_streamed_as_server_sent_events_is_read_to_its_result(sse_server):
     for name in ("echo", "chatty"):
         arguments = {"text": "over sse"} if name == "echo" else {}
+        answered = sse_server.stats().get("sse-answer", 0)
         (wire_result, on_wire), (sdk_result, _) = both_ways(sse_server, name, arguments)
+        assert sse_server.stats()["sse-answer"] >= answered + 2  # both calls were answered as streams
         assert "aiohttp" in on_wire["headers"]["user-agent"]
         assert wire_result["content"] == sdk_result["content"]
         assert wire_result["content"][0]["text"] == ("over sse" if name == "echo" else "done")
@@ -100,3 +102,24 @@ def test_a_tool_error_is_a_result_with_is_error(http_server):
     (wire_result, _), (sdk_result, _) = both_ways(http_server, "fail", {})
     assert wire_result["isError"] is True and sdk_result["isError"] is True
     assert wire_result["content"] == sdk_result["content"]
+
+
+@pytest.mark.parametrize("answers", ["json", "sse"])
+def test_an_answer_over_the_limit_is_refused_unread_and_the_session_stays(answers, http_server, sse_server, settings):
+    settings.MCP_MAX_RESULT_BYTES = 1000
+    server = http_server if answers == "json" else sse_server
+    reach = target(server)
+
+    async def huge(upstream):
+        return await upstream.call_tool("echo", {"text": "z" * 200_000})
+
+    async def small(upstream):
+        return await upstream.call_tool("echo", {"text": "small"})
+
+    with pytest.raises(pool.UpstreamTooLarge) as raised:
+        pool.call(reach, huge, reads=False)
+    assert raised.value.status == 502 and raised.value.code == "upstream_result_too_large"
+    assert "MCP_MAX_RESULT_BYTES" in str(raised.value)
+    handshakes = server.handshakes()
+    assert pool.call(reach, small, reads=False)["content"][0]["text"] == "small"
+    assert server.handshakes() == handshakes  # the session was not dropped for it
