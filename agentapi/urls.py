@@ -16,6 +16,7 @@ api_v1 = [
     path("", include("audit.api.urls")),
     path("", include("oauth.api.urls")),
     path("", include("mcp.api.urls")),
+    path("", include("sessions_app.api.urls")),
 ]
 
 urlpatterns = [

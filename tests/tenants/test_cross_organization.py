@@ -65,6 +65,15 @@ def an_oauth_token(organization):
         return token.pk
 
 
+def a_prompt(organization):
+    from sessions_app.models import PromptScope, SystemPrompt
+
+    with scoping.organization_scope(organization):
+        return SystemPrompt.objects.create(
+            organization=organization, scope=PromptScope.ORGANIZATION, name="target", content="Hello."
+        ).pk
+
+
 MCP_CONFIGURATION_ROUTES = [
     "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
     "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
@@ -77,6 +86,9 @@ DETAIL_ROUTES = {
     "oauth-provider-detail": an_oauth_provider,
     "oauth-token-detail": an_oauth_token,
     "oauth-token-refresh": an_oauth_token,
+    "prompt-detail": a_prompt,
+    "prompt-versions": a_prompt,
+    "prompt-rollback": a_prompt,
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
@@ -85,9 +97,10 @@ LIST_ROUTES = {
     "mcp-configuration-list": "/api/v1/mcp/configurations/",
     "oauth-provider-list": "/api/v1/oauth/providers/",
     "oauth-token-list": "/api/v1/oauth/tokens/",
+    "prompt-list": "/api/v1/prompts/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
-ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize"}
+ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize", "prompt-compose"}
 # Platform operators' routes: global by design, refused to everyone else (tested below).
 OPERATOR_ROUTES = {"organization-list", "organization-detail", "mcp-stdio-template-list", "mcp-stdio-template-detail"}
 
@@ -160,6 +173,8 @@ def test_lists_never_show_another_organizations_objects(route, alice, alice_api,
     an_mcp_configuration(globex)
     an_oauth_token(acme)
     an_oauth_token(globex)
+    a_prompt(acme)
+    a_prompt(globex)
     make_key(alice)
     make_member(acme, "zed@acme.test", "admin")
     alice_api.post("/api/v1/api-keys/", {"name": "more"})

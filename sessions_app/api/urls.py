@@ -1,0 +1,8 @@
+from rest_framework.routers import SimpleRouter
+
+from sessions_app.api import views
+
+router = SimpleRouter()
+router.register("prompts", views.PromptViewSet, basename="prompt")
+
+urlpatterns = router.urls

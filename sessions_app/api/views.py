@@ -1,0 +1,63 @@
+"""The prompts API: layers (CRUD by role), their versions, rollback, and the composed prompt."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from sessions_app import prompts
+from sessions_app.api import serializers as s
+from tenants.api.base import IsOrganizationMember, TenantViewSet
+
+
+class PromptViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """Global prompts are the operators', organization prompts its owners' and admins', user
+    prompts each member's own (another member's is 404, as another organization's)."""
+
+    permission_classes = [IsOrganizationMember]
+    serializer_class = s.PromptSerializer
+
+    def get_queryset(self):
+        return prompts.visible_to(self.principal).order_by("id")
+
+    @extend_schema(request=s.PromptCreateSerializer, responses={201: s.PromptSerializer})
+    def create(self, request):
+        data = s.PromptCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        prompt = prompts.prompt_create(principal=self.principal, **data.validated_data)
+        return Response(s.PromptSerializer(prompt).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.PromptWriteSerializer, responses=s.PromptSerializer)
+    def partial_update(self, request, pk=None):
+        prompt = self.get_object()  # before the body: another organization's id is 404
+        data = s.PromptWriteSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        prompt = prompts.prompt_update(principal=self.principal, prompt=prompt, **data.validated_data)
+        return Response(s.PromptSerializer(prompt).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        prompts.prompt_delete(principal=self.principal, prompt=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses=s.PromptVersionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def versions(self, request, pk=None):
+        prompt = self.get_object()
+        return Response(s.PromptVersionSerializer(prompt.versions.order_by("-version"), many=True).data)
+
+    @extend_schema(request=s.RollbackSerializer, responses=s.PromptSerializer)
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        prompt = self.get_object()
+        data = s.RollbackSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        prompt = prompts.prompt_rollback(principal=self.principal, prompt=prompt, **data.validated_data)
+        return Response(s.PromptSerializer(prompt).data)
+
+    @extend_schema(request=s.ComposeSerializer, responses=s.ComposedSerializer)
+    @action(detail=False, methods=["post"])
+    def compose(self, request):
+        data = s.ComposeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(prompts.compose(principal=self.principal, **data.validated_data))

@@ -1,0 +1,108 @@
+"""System prompt layers and their versions.
+
+A prompt belongs to a layer: `global` (the platform's, written by operators; no organization),
+`organization` (written by its owners and admins) or `user` (one member's own). Every edit makes a
+new immutable version (PromptVersion, append-only); the prompt row holds the current one.
+Composition (sessions_app.prompts) is always global, then organization, then user.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from tenants.models import TenantManager
+
+
+class PromptScope(models.TextChoices):
+    GLOBAL = "global", "Global (the platform's)"
+    ORGANIZATION = "organization", "Organization"
+    USER = "user", "User"
+
+
+LAYER_ORDER = {PromptScope.GLOBAL: 0, PromptScope.ORGANIZATION: 1, PromptScope.USER: 2}
+
+
+class PromptManager(TenantManager):
+    """Prompts of the organizations in scope, and the platform's global ones."""
+
+    def get_queryset(self):
+        return models.Manager.get_queryset(self).filter(
+            Q(organization__in_current_scope=True) | Q(organization__isnull=True)
+        )
+
+
+class SystemPrompt(models.Model):
+    organization = models.ForeignKey(
+        "tenants.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        help_text="The member a user-layer prompt belongs to.",
+    )  # fmt: skip
+    scope = models.CharField(max_length=16, choices=PromptScope.choices)
+    name = models.CharField(max_length=200)
+    content = models.TextField(help_text="A template (Jinja2, sandboxed): see the README for its variables.")
+    priority = models.IntegerField(default=100, help_text="Lower comes first within its layer.")
+    enabled = models.BooleanField(default=True)
+    version = models.PositiveIntegerField(default=1, editable=False)
+    findings = models.JSONField(default=list, blank=True, editable=False, help_text="What screening found.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PromptManager()
+
+    class Meta:
+        verbose_name = "system prompt"
+        verbose_name_plural = "system prompts"
+        ordering = ["scope", "priority", "name"]
+        constraints = [
+            models.CheckConstraint(
+                name="system_prompt_layer_owner",
+                condition=(
+                    Q(scope=PromptScope.GLOBAL, organization__isnull=True, user__isnull=True)
+                    | Q(scope=PromptScope.ORGANIZATION, organization__isnull=False, user__isnull=True)
+                    | Q(scope=PromptScope.USER, organization__isnull=False, user__isnull=False)
+                ),
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "scope", "enabled"], name="system_prompt_layer")]
+
+    def __str__(self):
+        return f"{self.scope}: {self.name}"
+
+    def sort_key(self) -> tuple:
+        return (LAYER_ORDER[self.scope], self.priority, self.name, self.pk)
+
+
+class PromptVersion(models.Model):
+    """One saved state of a prompt. Append-only: the database refuses updates and deletes."""
+
+    append_only = True
+
+    prompt = models.ForeignKey(SystemPrompt, on_delete=models.DO_NOTHING, related_name="versions", db_constraint=False)
+    organization = models.ForeignKey(
+        "tenants.Organization", null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+",
+        db_constraint=False,
+    )  # fmt: skip
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    content = models.TextField()
+    priority = models.IntegerField()
+    enabled = models.BooleanField()
+    findings = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="+",
+        db_constraint=False,
+    )  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PromptManager()
+
+    class Meta:
+        verbose_name = "system prompt version"
+        verbose_name_plural = "system prompt versions"
+        ordering = ["prompt", "-version"]
+        constraints = [models.UniqueConstraint(fields=["prompt", "version"], name="prompt_version_unique")]
+
+    def __str__(self):
+        return f"{self.name} v{self.version}"
