@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(BIN)/.installed
 # A tool call through the platform against the same call made directly, production-style.
 bench-mcp: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_mcp.py
+
+# Composing three prompt layers with injection screening against plain string joining.
+bench-prompts: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_prompts.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -176,6 +176,22 @@ def _screen_variables(value, path: str, found: list) -> None:
             _screen_variables(item, f"{path}[{index}]", found)
 
 
+def render_layers(layers, context: dict) -> str:
+    """The layers (in order) rendered and joined by blank lines. Raises APIError (400)."""
+    parts = []
+    for layer in layers:
+        try:
+            text = templating.render(layer.content, context)
+        except templating.TemplateProblem as problem:
+            raise _template_error(problem, layer=layer.pk) from None
+        if text.strip():
+            parts.append(text.strip())
+    prompt = "\n\n".join(parts)
+    if len(prompt) > templating.MAX_OUTPUT:
+        raise APIError("template_limit", f"The composed prompt is longer than {templating.MAX_OUTPUT} characters.")
+    return prompt
+
+
 def compose(*, principal: Principal, variables: dict, session_metadata=None, tool_names=()) -> dict:
     """The caller's system prompt: {"prompt", "layers", "sha256", "findings"}. Raises APIError
     (400) for an undefined variable, a template that fails, or variables refused by screening."""
@@ -201,18 +217,8 @@ def compose(*, principal: Principal, variables: dict, session_metadata=None, too
         "variables": plain_variables,
     }
     layers = sorted(visible_to(principal).filter(enabled=True), key=SystemPrompt.sort_key)
-    parts = []
-    for layer in layers:
-        try:
-            text = templating.render(layer.content, context)
-        except templating.TemplateProblem as problem:
-            raise _template_error(problem, layer=layer.pk) from None
-        if text.strip():
-            parts.append(text.strip())
-        found += layer.findings
-    prompt = "\n\n".join(parts)
-    if len(prompt) > templating.MAX_OUTPUT:
-        raise APIError("template_limit", f"The composed prompt is longer than {templating.MAX_OUTPUT} characters.")
+    prompt = render_layers(layers, context)
+    found += [finding for layer in layers for finding in layer.findings]
     return {
         "prompt": prompt,
         "layers": [{"id": p.pk, "scope": p.scope, "name": p.name, "version": p.version} for p in layers],
