@@ -22,6 +22,7 @@ from agentapi.errors import APIError
 from audit.services import audit_record
 from sessions_app import screening, templating
 from sessions_app.models import PromptScope, PromptVersion, SystemPrompt
+from tenants import scoping
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES
 
@@ -190,6 +191,12 @@ def render_layers(layers, context: dict) -> str:
     if len(prompt) > templating.MAX_OUTPUT:
         raise APIError("template_limit", f"The composed prompt is longer than {templating.MAX_OUTPUT} characters.")
     return prompt
+
+
+def principal_for(membership) -> Principal:
+    """The member as compose() sees them, for an operator's preview (no credential involved)."""
+    actor = scoping.Actor(kind="user", user_id=membership.user_id, label=membership.user.email)
+    return Principal(organization=membership.organization, membership=membership, method="preview", actor=actor)
 
 
 def compose(*, principal: Principal, variables: dict, session_metadata=None, tool_names=()) -> dict:

@@ -1,0 +1,93 @@
+"""The admin for system prompts: every layer with its versions and screening findings, read-only
+(prompts are written through the API, where roles, versions, screening and audit apply), and a
+preview of the prompt composed for a chosen member."""
+
+from django import forms
+from django.contrib import admin
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from agentapi.errors import APIError
+from sessions_app import prompts
+from sessions_app.models import PromptVersion, SystemPrompt
+from tenants import scoping
+from tenants.admin import TenantScopedAdmin
+from tenants.models import Membership
+
+
+class PromptVersionInline(admin.TabularInline):
+    model = PromptVersion
+    fields = ["version", "name", "priority", "enabled", "content", "findings", "created_by", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-version"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class PreviewForm(forms.Form):
+    member = forms.ModelChoiceField(queryset=Membership.objects.none(), help_text="Compose as this member.")
+    variables = forms.JSONField(required=False, initial=dict, help_text="The caller's variables, as JSON.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["member"].queryset = Membership.objects.select_related("user", "organization").order_by(
+            "organization__slug", "user__email"
+        )
+
+
+@admin.register(SystemPrompt)
+class SystemPromptAdmin(TenantScopedAdmin):
+    list_display = ["name", "scope", "organization", "user", "priority", "enabled", "version", "findings_found"]
+    list_filter = ["scope", "enabled"]
+    search_fields = ["name", "content"]
+    readonly_fields = [
+        "scope", "organization", "user", "name", "content", "priority", "enabled", "version", "findings",
+        "created_at", "updated_at",
+    ]  # fmt: skip
+    fields = readonly_fields
+    inlines = [PromptVersionInline]
+    change_list_template = "admin/sessions_app/systemprompt/change_list.html"
+
+    @admin.display(description="screening findings")
+    def findings_found(self, prompt):
+        return ", ".join(sorted({finding["code"] for finding in prompt.findings})) or "-"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        preview = self.admin_site.admin_view(self.preview_view)
+        return [path("preview/", preview, name="sessions_app_systemprompt_preview"), *super().get_urls()]
+
+    def preview_view(self, request):
+        if not self.has_view_permission(request):
+            raise admin.sites.PermissionDenied
+        form = PreviewForm(request.POST or None)
+        composed = error = None
+        if request.method == "POST" and form.is_valid():
+            membership = form.cleaned_data["member"]
+            try:
+                with scoping.organization_scope(membership.organization):
+                    composed = prompts.compose(
+                        principal=prompts.principal_for(membership), variables=form.cleaned_data["variables"] or {}
+                    )
+            except APIError as exc:
+                error = f"{exc.error_code}: {exc.detail}"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Preview a composed system prompt",
+            "opts": self.model._meta,
+            "form": form,
+            "composed": composed,
+            "error": error,
+        }
+        return TemplateResponse(request, "admin/sessions_app/systemprompt/preview.html", context)
