@@ -1,15 +1,16 @@
 """The admin for system prompts: every layer with its versions and screening findings, read-only
 (prompts are written through the API, where roles, versions, screening and audit apply), and a
-preview of the prompt composed for a chosen member."""
+preview of the prompt composed for a chosen member; agent sessions read-only, with actions to close
+or extend them (through sessions_app.services: audited)."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from agentapi.errors import APIError
-from sessions_app import prompts
-from sessions_app.models import PromptVersion, SystemPrompt
+from sessions_app import prompts, services
+from sessions_app.models import AgentSession, PromptVersion, SessionServer, SystemPrompt
 from tenants import scoping
 from tenants.admin import TenantScopedAdmin
 from tenants.models import Membership
@@ -91,3 +92,55 @@ class SystemPromptAdmin(TenantScopedAdmin):
             "error": error,
         }
         return TemplateResponse(request, "admin/sessions_app/systemprompt/preview.html", context)
+
+
+class SessionServerInline(admin.TabularInline):
+    model = SessionServer
+    fields = ["configuration", "attached_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AgentSession)
+class AgentSessionAdmin(TenantScopedAdmin):
+    list_display = ["__str__", "organization", "user", "status", "created_at", "last_active_at", "expires_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "user__email"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "id", "organization", "user", "name", "status", "system_prompt", "prompt_layers", "metadata", "created_at",
+        "last_active_at", "expires_at", "ends_at", "closed_at",
+    ]  # fmt: skip
+    fields = readonly_fields
+    inlines = [SessionServerInline]
+    actions = ["close_sessions", "extend_sessions"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Close the selected sessions")
+    def close_sessions(self, request, queryset):
+        for session in queryset:
+            services.session_close(session=session)
+        self.message_user(request, f"{queryset.count()} session(s) closed.", messages.SUCCESS)
+
+    @admin.action(description="Extend the selected sessions by an idle period")
+    def extend_sessions(self, request, queryset):
+        extended = 0
+        for session in queryset:
+            try:
+                services.session_extend(session=session)
+                extended += 1
+            except APIError as exc:
+                self.message_user(request, f"{session}: {exc.detail}", messages.WARNING)
+        self.message_user(request, f"{extended} session(s) extended.", messages.SUCCESS)

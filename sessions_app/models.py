@@ -4,13 +4,18 @@ A prompt belongs to a layer: `global` (the platform's, written by operators; no 
 `organization` (written by its owners and admins) or `user` (one member's own). Every edit makes a
 new immutable version (PromptVersion, append-only); the prompt row holds the current one.
 Composition (sessions_app.prompts) is always global, then organization, then user.
+
+Agent sessions (AgentSession) are a user's: the servers attached (SessionServer), the composed
+prompt they started with, and their lifetime.
 """
+
+import uuid
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from tenants.models import TenantManager
+from tenants.models import TenantManager, TenantModel
 
 
 class PromptScope(models.TextChoices):
@@ -106,3 +111,62 @@ class PromptVersion(models.Model):
 
     def __str__(self):
         return f"{self.name} v{self.version}"
+
+
+class SessionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    CLOSED = "closed", "Closed"
+    EXPIRED = "expired", "Expired"
+
+
+class AgentSession(TenantModel):
+    """A user's agent session: the servers it may use, the system prompt composed when it was
+    opened (a snapshot: later edits of the layers do not change it), and its lifetime."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=SessionStatus.choices, default=SessionStatus.ACTIVE)
+    system_prompt = models.TextField(blank=True)
+    prompt_layers = models.JSONField(default=list, blank=True, help_text="The layers and versions composed.")
+    metadata = models.JSONField(default=dict, blank=True)
+    mcp_token_hash = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_active_at = models.DateTimeField()
+    expires_at = models.DateTimeField(help_text="When it expires if unused (sliding), never after its maximum age.")
+    ends_at = models.DateTimeField(help_text="Its maximum age.")
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantManager()
+
+    class Meta:
+        verbose_name = "agent session"
+        verbose_name_plural = "agent sessions"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "user", "status"], name="agent_session_user_status")]
+
+    def __str__(self):
+        return self.name or str(self.id)
+
+    def current_status(self, now) -> str:
+        if self.status == SessionStatus.ACTIVE and now >= min(self.expires_at, self.ends_at):
+            return SessionStatus.EXPIRED
+        return self.status
+
+
+class SessionServer(TenantModel):
+    """An MCP configuration attached to a session."""
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="servers")
+    configuration = models.ForeignKey("mcp.MCPConfiguration", on_delete=models.CASCADE, related_name="+")
+    attached_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantManager()
+
+    class Meta:
+        verbose_name = "session server"
+        verbose_name_plural = "session servers"
+        ordering = ["attached_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "configuration"], name="session_server_unique"),
+        ]

@@ -92,7 +92,7 @@ class User(AbstractBaseUser, PermissionsMixin):
         super().save(*args, **kwargs)
 
 
-DEFAULT_LIMITS = {"max_members": 1000, "max_api_keys": 100}
+DEFAULT_LIMITS = {"max_members": 1000, "max_api_keys": 100, "max_sessions_per_user": 10}
 
 
 class Organization(models.Model):

@@ -1,6 +1,7 @@
+from django.utils import timezone
 from rest_framework import serializers
 
-from sessions_app.models import PromptScope, PromptVersion, SystemPrompt
+from sessions_app.models import AgentSession, PromptScope, PromptVersion, SystemPrompt
 from sessions_app.templating import MAX_OUTPUT
 
 
@@ -56,3 +57,55 @@ class ComposedSerializer(serializers.Serializer):
     layers = ComposedLayerSerializer(many=True)
     sha256 = serializers.CharField()
     findings = serializers.ListField(child=serializers.DictField())
+
+
+class AgentSessionSerializer(serializers.ModelSerializer):
+    status = serializers.SerializerMethodField()
+    user = serializers.IntegerField(source="user_id", read_only=True)
+    mcp_configurations = serializers.SerializerMethodField()
+    agent = serializers.SerializerMethodField()
+    mcp_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AgentSession
+        fields = [
+            "id", "name", "status", "user", "mcp_configurations", "agent", "system_prompt", "prompt_layers",
+            "metadata", "created_at", "last_active_at", "expires_at", "mcp_url",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_status(self, session) -> str:
+        return session.current_status(timezone.now())
+
+    def get_mcp_configurations(self, session) -> list[int]:
+        return [server.configuration_id for server in session.servers.all()]
+
+    def get_agent(self, session) -> int | None:
+        return None  # a tools-only session (agents come with their own issue)
+
+    def get_mcp_url(self, session) -> str:
+        path = f"/mcp/sessions/{session.id}/"
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path
+
+
+class AgentSessionCreatedSerializer(AgentSessionSerializer):
+    mcp_token = serializers.CharField(read_only=True, help_text="Shown once: the session's MCP endpoint token.")
+
+    class Meta(AgentSessionSerializer.Meta):
+        fields = [*AgentSessionSerializer.Meta.fields, "mcp_token"]
+        read_only_fields = fields
+
+
+class AgentSessionCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    mcp_configurations = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=100,
+        help_text="Default: every enabled configuration the caller may use.",
+    )
+    metadata = serializers.DictField(required=False, default=dict)
+    variables = serializers.DictField(required=False, default=dict, help_text="For the system prompt's templates.")

@@ -1,11 +1,14 @@
-"""The prompts API: layers (CRUD by role), their versions, rollback, and the composed prompt."""
+"""The prompts API (layers by role, their versions, rollback, the composed prompt) and the
+sessions API (open, list, get, close)."""
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from sessions_app import prompts
+from agentapi.errors import APIError
+from agentapi.pagination import CursorPagination
+from sessions_app import prompts, services
 from sessions_app.api import serializers as s
 from tenants.api.base import IsOrganizationMember, TenantViewSet
 
@@ -61,3 +64,41 @@ class PromptViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         data = s.ComposeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(prompts.compose(principal=self.principal, **data.validated_data))
+
+
+class SessionPagination(CursorPagination):
+    ordering = ("-created_at", "id")
+
+
+class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """A member's own sessions; owners and admins see every member's (`?user=`). `DELETE` closes."""
+
+    permission_classes = [IsOrganizationMember]
+    serializer_class = s.AgentSessionSerializer
+    pagination_class = SessionPagination
+    lookup_value_regex = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+    def get_queryset(self):
+        user = self.request.query_params.get("user") if self.action == "list" else None
+        if user is not None and not user.isdigit():
+            raise APIError("invalid", "`user` is a user id.", details={"user": ["A whole number."]})
+        sessions = services.visible_to(self.principal, user_id=int(user) if user else None)
+        return sessions.prefetch_related("servers")
+
+    @extend_schema(parameters=[OpenApiParameter("user", int, description="Owners and admins: one member's sessions.")])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=s.AgentSessionCreateSerializer, responses={201: s.AgentSessionCreatedSerializer})
+    def create(self, request):
+        data = s.AgentSessionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session, token = services.session_create(principal=self.principal, **data.validated_data)
+        session.mcp_token = token
+        body = s.AgentSessionCreatedSerializer(session, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        services.session_close(session=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -68,3 +68,29 @@ def test_staff_cannot_preview_another_organizations_member(layers, alice, charli
     )
     assert page.status_code == 200 and "composed-prompt" not in page.content.decode()
     assert "Globex only." not in page.content.decode()
+
+
+def test_sessions_are_listed_and_closed_or_extended_in_the_admin(alice, alice_api, charlie_api, acme):
+    from audit.models import AuditEvent
+    from sessions_app.models import AgentSession
+
+    mine = alice_api.post("/api/v1/sessions/", {"name": "alices-session"}).json()["id"]
+    charlie_api.post("/api/v1/sessions/", {"name": "charlies-session"})
+    User.objects.filter(email="alice@acme.test").update(is_staff=True)
+    client = signed_in("alice@acme.test")
+    page = client.get("/admin/sessions_app/agentsession/").content.decode()
+    assert "alices-session" in page and "charlies-session" not in page
+    assert client.get(f"/admin/sessions_app/agentsession/{mine}/change/").status_code == 200
+    with scoping.organization_scope(acme):
+        before = AgentSession.objects.get(pk=mine).expires_at
+    changelist = "/admin/sessions_app/agentsession/"
+    client.post(changelist, {"action": "extend_sessions", "_selected_action": [mine]})
+    client.post(changelist, {"action": "close_sessions", "_selected_action": [mine]})
+    with scoping.organization_scope(acme):
+        session = AgentSession.objects.get(pk=mine)
+        assert session.status == "closed" and session.expires_at >= before
+        assert set(AuditEvent.objects.filter(target_id=mine).values_list("action", flat=True)) == {
+            "session.create", "session.extend", "session.closed",
+        }  # fmt: skip
+    response = client.post(changelist, {"action": "extend_sessions", "_selected_action": [mine]}, follow=True)
+    assert "Only an active session can be extended." in response.content.decode()

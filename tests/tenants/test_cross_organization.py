@@ -74,6 +74,22 @@ def a_prompt(organization):
         ).pk
 
 
+def a_session(organization):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sessions_app.models import AgentSession
+
+    with scoping.organization_scope(organization):
+        owner = Membership.objects.filter(role="owner").order_by("id").first()
+        now = timezone.now()
+        return AgentSession.objects.create(
+            organization=organization, user_id=owner.user_id, name="target", last_active_at=now,
+            expires_at=now + timedelta(hours=1), ends_at=now + timedelta(days=1),
+        ).pk  # fmt: skip
+
+
 MCP_CONFIGURATION_ROUTES = [
     "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
     "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
@@ -89,6 +105,7 @@ DETAIL_ROUTES = {
     "prompt-detail": a_prompt,
     "prompt-versions": a_prompt,
     "prompt-rollback": a_prompt,
+    "agent-session-detail": a_session,
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
@@ -98,6 +115,7 @@ LIST_ROUTES = {
     "oauth-provider-list": "/api/v1/oauth/providers/",
     "oauth-token-list": "/api/v1/oauth/tokens/",
     "prompt-list": "/api/v1/prompts/",
+    "agent-session-list": "/api/v1/sessions/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
 ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize", "prompt-compose"}
@@ -175,6 +193,8 @@ def test_lists_never_show_another_organizations_objects(route, alice, alice_api,
     an_oauth_token(globex)
     a_prompt(acme)
     a_prompt(globex)
+    a_session(acme)
+    a_session(globex)
     make_key(alice)
     make_member(acme, "zed@acme.test", "admin")
     alice_api.post("/api/v1/api-keys/", {"name": "more"})
