@@ -63,15 +63,13 @@ def session_create(
     Membership.objects.select_for_update().filter(pk=principal.membership.pk).first()
     limit = principal.organization.limit("max_sessions_per_user")
     now = timezone.now()
-    open_sessions = [
-        session
-        for session in AgentSession.objects.filter(user_id=principal.membership.user_id, status=SessionStatus.ACTIVE)
-        if session.current_status(now) == SessionStatus.ACTIVE
-    ]
-    if len(open_sessions) >= limit:
+    open_sessions = AgentSession.objects.filter(
+        user_id=principal.membership.user_id, status=SessionStatus.ACTIVE, expires_at__gt=now, ends_at__gt=now
+    ).count()  # past its time, a session no longer counts, whether or not the expiry job has run
+    if open_sessions >= limit:
         raise APIError(
             "session_limit_reached",
-            f"You have {len(open_sessions)} open sessions, the most this organization allows ({limit}).",
+            f"You have {open_sessions} open sessions, the most this organization allows ({limit}).",
             status=409,
         )
     configurations = _configurations(principal, mcp_configurations)
