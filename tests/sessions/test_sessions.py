@@ -127,3 +127,17 @@ def test_twenty_concurrent_creates_at_a_limit_of_three_make_exactly_three(alice,
 def test_bad_input_is_a_clear_400(bob_api, body):
     response = bob_api.post(SESSIONS, body)
     assert response.status_code == 400 and error_of(response)["code"]
+
+
+def test_a_session_past_its_time_reads_expired_and_no_longer_counts(alice_api, acme):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    acme.settings = {"max_sessions_per_user": 1}
+    acme.save()
+    old = alice_api.post(SESSIONS, {}).json()["id"]
+    with scoping.organization_scope(acme):
+        AgentSession.objects.filter(pk=old).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert alice_api.get(f"{SESSIONS}{old}/").json()["status"] == "expired"
+    assert alice_api.post(SESSIONS, {}).status_code == 201
