@@ -428,8 +428,6 @@ LOGGING = {
 }
 
 # Agent sessions: an idle session expires after SESSION_IDLE_TTL_SECONDS (sliding on every use),
-# any session after SESSION_MAX_AGE_SECONDS; its last use is written to the database at most every
-# SESSION_TOUCH_INTERVAL_SECONDS.
+# any session after SESSION_MAX_AGE_SECONDS.
 SESSION_IDLE_TTL_SECONDS = env.int("SESSION_IDLE_TTL_SECONDS", default=3600)
 SESSION_MAX_AGE_SECONDS = env.int("SESSION_MAX_AGE_SECONDS", default=86400)
-SESSION_TOUCH_INTERVAL_SECONDS = env.int("SESSION_TOUCH_INTERVAL_SECONDS", default=60)
