@@ -13,7 +13,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from agentapi.errors import APIError
@@ -141,3 +141,22 @@ def session_extend(*, session: AgentSession) -> AgentSession:
         details={"expires_at": session.expires_at.isoformat()},
     )
     return session
+
+
+def expire_due() -> dict:
+    """The scheduled job (and `manage.py cleanup_sessions`): every active session past its idle
+    time or maximum age becomes `expired`, audited, organization by organization. Returns counts."""
+    from tenants import scoping
+    from tenants.models import Organization
+
+    now = timezone.now()
+    counts = {"expired": 0}
+    for organization in Organization.objects.all():
+        with scoping.organization_scope(organization):
+            due = AgentSession.objects.filter(status=SessionStatus.ACTIVE).filter(
+                models.Q(expires_at__lte=now) | models.Q(ends_at__lte=now)
+            )
+            for session in due:
+                session_close(session=session, reason="expired")
+                counts["expired"] += 1
+    return counts

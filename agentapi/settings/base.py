@@ -247,6 +247,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge-audit-events": {"task": "audit.tasks.audit_events_purge_expired", "schedule": 24 * 3600.0},
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
     "refresh-oauth-tokens": {"task": "oauth.tasks.oauth_tokens_refresh_expiring", "schedule": 60.0},
+    "expire-agent-sessions": {"task": "sessions_app.tasks.agent_sessions_expire", "schedule": 60.0},
     # The audit log's sequencer; a run the worker could not start within a few seconds is dropped
     # (the next one chains what it would have).
     "chain-audit-events": {

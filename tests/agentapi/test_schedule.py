@@ -15,6 +15,7 @@ def test_beat_installs_the_schedule_and_operators_edit_it_in_the_admin(operator,
     refresh = PeriodicTask.objects.get(name="refresh-oauth-tokens")
     assert refresh.task == "oauth.tasks.oauth_tokens_refresh_expiring" and refresh.interval.every == 60
     assert PeriodicTask.objects.get(name="check-mcp-servers").task == "mcp.tasks.mcp_configurations_check_health"
+    assert PeriodicTask.objects.get(name="expire-agent-sessions").task == "sessions_app.tasks.agent_sessions_expire"
     client = signed_in("operator@platform.test")
     page = client.get(f"/admin/django_celery_beat/periodictask/{refresh.pk}/change/")
     assert page.status_code == 200 and "oauth.tasks.oauth_tokens_refresh_expiring" in page.content.decode()
