@@ -122,14 +122,19 @@ def tool_refusal(configuration: MCPConfiguration, name: str, *, withheld: bool) 
     return None
 
 
-def denial_event(configuration: MCPConfiguration, tool: str, error: APIError) -> dict:
+def _about(session, **details) -> dict:
+    """An audit record's details; a call made through an agent session names it."""
+    return {**details, "session": str(session)} if session is not None else details
+
+
+def denial_event(configuration: MCPConfiguration, tool: str, error: APIError, session=None) -> dict:
     """The audit record of a call the platform refused: audit_record's arguments."""
     return {
         "action": "mcp.tool.call",
         "target": configuration,
         "organization_id": configuration.organization_id,
         "outcome": "denied",
-        "details": {"tool": tool, "error": error.error_code},
+        "details": _about(session, tool=tool, error=error.error_code),
     }
 
 
@@ -145,7 +150,7 @@ class CallPlan:
     shape: Callable  # shape(result) -> the response body
 
 
-def plan_tool_call(configuration: MCPConfiguration, name: str, arguments: dict) -> CallPlan:
+def plan_tool_call(configuration: MCPConfiguration, name: str, arguments: dict, session=None) -> CallPlan:
     meta = _meta()
     started = time.perf_counter()
 
@@ -161,10 +166,10 @@ def plan_tool_call(configuration: MCPConfiguration, name: str, arguments: dict) 
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         }
 
-    return CallPlan("tools/call", operation, False, "mcp.tool.call", {"tool": name}, shape)
+    return CallPlan("tools/call", operation, False, "mcp.tool.call", _about(session, tool=name), shape)
 
 
-def plan_resource_read(configuration: MCPConfiguration, uri: str) -> CallPlan:
+def plan_resource_read(configuration: MCPConfiguration, uri: str, session=None) -> CallPlan:
     meta = _meta()
 
     async def operation(client):
@@ -173,10 +178,10 @@ def plan_resource_read(configuration: MCPConfiguration, uri: str) -> CallPlan:
     def shape(result) -> dict:
         return {"contents": _dump(result).get("contents", []), "configuration": configuration.pk}
 
-    return CallPlan("resources/read", operation, True, "mcp.resource.read", {}, shape)
+    return CallPlan("resources/read", operation, True, "mcp.resource.read", _about(session), shape)
 
 
-def plan_prompt_get(configuration: MCPConfiguration, name: str, arguments: dict) -> CallPlan:
+def plan_prompt_get(configuration: MCPConfiguration, name: str, arguments: dict, session=None) -> CallPlan:
     meta = _meta()
 
     async def operation(client):
@@ -190,7 +195,7 @@ def plan_prompt_get(configuration: MCPConfiguration, name: str, arguments: dict)
             "configuration": configuration.pk,
         }
 
-    return CallPlan("prompts/get", operation, True, "mcp.prompt.get", {"prompt": name}, shape)
+    return CallPlan("prompts/get", operation, True, "mcp.prompt.get", _about(session, prompt=name), shape)
 
 
 def checked_size(body: dict) -> dict:
@@ -205,14 +210,16 @@ def _run_plan(configuration, user_id, plan: CallPlan) -> dict:
     return _run(configuration, user_id, plan.method, plan.operation, reads=plan.reads, plan=plan)
 
 
-def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
+def tool_call(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict, session=None) -> dict:
+    """Call a tool as `user_id`; `session`, when the call comes through an agent session, is
+    named in its audit record."""
     require_enabled(configuration)
     refusal = tool_refusal(configuration, name, withheld=catalogue.withheld(configuration, name))
     if refusal is not None:
-        event = denial_event(configuration, name, refusal)
+        event = denial_event(configuration, name, refusal, session)
         audit_record(event.pop("action"), **event)
         raise refusal
-    return _run_plan(configuration, user_id, plan_tool_call(configuration, name, arguments))
+    return _run_plan(configuration, user_id, plan_tool_call(configuration, name, arguments, session))
 
 
 def list_tools(*, configuration: MCPConfiguration, user_id: int, refresh: bool = False) -> list[dict]:
@@ -245,9 +252,9 @@ def list_resources(*, configuration: MCPConfiguration, user_id: int) -> list[dic
     return _run(configuration, user_id, "resources/list", operation, reads=True)
 
 
-def read_resource(*, configuration: MCPConfiguration, user_id: int, uri: str) -> dict:
+def read_resource(*, configuration: MCPConfiguration, user_id: int, uri: str, session=None) -> dict:
     require_enabled(configuration)
-    return _run_plan(configuration, user_id, plan_resource_read(configuration, uri))
+    return _run_plan(configuration, user_id, plan_resource_read(configuration, uri, session))
 
 
 def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]:
@@ -259,9 +266,9 @@ def list_prompts(*, configuration: MCPConfiguration, user_id: int) -> list[dict]
     return _run(configuration, user_id, "prompts/list", operation, reads=True)
 
 
-def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict) -> dict:
+def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, arguments: dict, session=None) -> dict:
     require_enabled(configuration)
-    return _run_plan(configuration, user_id, plan_prompt_get(configuration, name, arguments))
+    return _run_plan(configuration, user_id, plan_prompt_get(configuration, name, arguments, session))
 
 
 def test_connection(*, configuration: MCPConfiguration, user_id: int) -> dict:

@@ -159,6 +159,9 @@ class SessionServer(TenantModel):
 
     session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="servers")
     configuration = models.ForeignKey("mcp.MCPConfiguration", on_delete=models.CASCADE, related_name="+")
+    prefix = models.CharField(
+        max_length=24, help_text="What the session's names of this server's tools begin with (sessions_app.naming)."
+    )
     attached_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantManager()
@@ -169,4 +172,5 @@ class SessionServer(TenantModel):
         ordering = ["attached_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["session", "configuration"], name="session_server_unique"),
+            models.UniqueConstraint(fields=["session", "prefix"], name="session_server_prefix_unique"),
         ]

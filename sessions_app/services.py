@@ -19,7 +19,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import services as mcp_services
-from sessions_app import prompts
+from sessions_app import naming, prompts
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES, Membership
@@ -37,6 +37,12 @@ def visible_to(principal: Principal, *, user_id: int | None = None):
     if principal.role not in MANAGER_ROLES:
         return sessions.filter(user_id=principal.membership.user_id)
     return sessions.filter(user_id=user_id) if user_id is not None else sessions
+
+
+def own_sessions(principal: Principal):
+    """The caller's own sessions: the only ones whose tools they may use (with their own
+    credentials; an owner does not act as another member through that member's session)."""
+    return AgentSession.objects.filter(user_id=principal.membership.user_id)
 
 
 def _configurations(principal: Principal, ids: list[int] | None):
@@ -93,10 +99,17 @@ def session_create(
         expires_at=min(now + timedelta(seconds=settings.SESSION_IDLE_TTL_SECONDS), ends_at),
         ends_at=ends_at,
     )
-    SessionServer.objects.bulk_create(
-        SessionServer(organization=principal.organization, session=session, configuration=configuration)
-        for configuration in configurations
-    )
+    taken: set[str] = set()
+    servers = []
+    for configuration in configurations:
+        prefix = naming.prefix_for(configuration.name, taken)
+        taken.add(prefix)
+        servers.append(
+            SessionServer(
+                organization=principal.organization, session=session, configuration=configuration, prefix=prefix
+            )
+        )
+    SessionServer.objects.bulk_create(servers)
     audit_record(
         "session.create",
         target=session,
@@ -117,7 +130,8 @@ def session_close(*, session: AgentSession, reason: str = "closed") -> AgentSess
         return session
     session.status = SessionStatus.EXPIRED if reason == "expired" else SessionStatus.CLOSED
     session.closed_at = timezone.now()
-    session.save(update_fields=["status", "closed_at"])
+    session.mcp_token_hash = ""  # its token ends with it
+    session.save(update_fields=["status", "closed_at", "mcp_token_hash"])
     audit_record(
         f"session.{session.status}",
         target=session,

@@ -5,4 +5,5 @@ from sessions_app.api import views
 router = SimpleRouter()
 router.register("prompts", views.PromptViewSet, basename="prompt")
 router.register("sessions", views.AgentSessionViewSet, basename="agent-session")
+router.register("sessions", views.SessionToolsViewSet, basename="agent-session-tools")
 urlpatterns = router.urls

@@ -1,14 +1,18 @@
 """The prompts API (layers by role, their versions, rollback, the composed prompt) and the
-sessions API (open, list, get, close)."""
+sessions API (open, list, get, close; the session's tools, resources and prompts).
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status
+The calls (`tools/call/`, `resources/read/`, `prompts/get/`) are served on the data plane
+(sessions_app.dataplane) where it runs; these views serve them on the embedded profile."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agentapi.errors import APIError
 from agentapi.pagination import CursorPagination
-from sessions_app import prompts, services
+from mcp.api import serializers as mcp_serializers
+from sessions_app import prompts, services, tools
 from sessions_app.api import serializers as s
 from tenants.api.base import IsOrganizationMember, TenantViewSet
 
@@ -102,3 +106,65 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     def destroy(self, request, pk=None):
         services.session_close(session=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+_LISTED = inline_serializer(
+    "SessionListing", {"count": serializers.IntegerField(), "unavailable": serializers.JSONField()}
+)
+_RESULT = inline_serializer("SessionCallResult", {"result": serializers.JSONField()})
+
+
+def _listing(key: str, found) -> dict:
+    items, unavailable = found
+    return {key: items, "count": len(items), "unavailable": [vars(u) for u in unavailable]}
+
+
+class SessionToolsViewSet(TenantViewSet):
+    """The session's tools, resources and prompts, used with its user's credentials: only that
+    user's own session (another member's, even to an owner, is 404 here)."""
+
+    permission_classes = [IsOrganizationMember]
+    lookup_value_regex = AgentSessionViewSet.lookup_value_regex
+
+    def get_queryset(self):
+        return services.own_sessions(self.principal)
+
+    def _valid(self, serializer_class) -> dict:
+        data = serializer_class(data=self.request.data)
+        data.is_valid(raise_exception=True)
+        return data.validated_data
+
+    @extend_schema(responses=_LISTED)
+    @action(detail=True, methods=["get"])
+    def tools(self, request, pk=None):
+        return Response(_listing("tools", tools.list_tools(self.get_object())))
+
+    @extend_schema(request=mcp_serializers.ToolCallSerializer, responses=_RESULT)
+    @action(detail=True, methods=["post"], url_path="tools/call")
+    def tools_call(self, request, pk=None):
+        session = self.get_object()
+        data = self._valid(mcp_serializers.ToolCallSerializer)
+        return Response(tools.call_tool(session, data["name"], data["arguments"]))
+
+    @extend_schema(responses=_LISTED)
+    @action(detail=True, methods=["get"])
+    def resources(self, request, pk=None):
+        return Response(_listing("resources", tools.list_resources(self.get_object())))
+
+    @extend_schema(request=mcp_serializers.ResourceReadSerializer, responses=_RESULT)
+    @action(detail=True, methods=["post"], url_path="resources/read")
+    def resources_read(self, request, pk=None):
+        session = self.get_object()
+        return Response(tools.read_resource(session, self._valid(mcp_serializers.ResourceReadSerializer)["uri"]))
+
+    @extend_schema(responses=_LISTED)
+    @action(detail=True, methods=["get"])
+    def prompts(self, request, pk=None):
+        return Response(_listing("prompts", tools.list_prompts(self.get_object())))
+
+    @extend_schema(request=mcp_serializers.PromptGetSerializer, responses=_RESULT)
+    @action(detail=True, methods=["post"], url_path="prompts/get")
+    def prompts_get(self, request, pk=None):
+        session = self.get_object()
+        data = self._valid(mcp_serializers.PromptGetSerializer)
+        return Response(tools.get_prompt(session, data["name"], data["arguments"]))

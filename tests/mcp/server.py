@@ -1,6 +1,6 @@
 """A real MCP server (fastmcp) for the tests, over Streamable HTTP on loopback or over stdio.
 
-    python tests/mcp/server.py --port 0 [--token SECRET] [--sse] [--sse-answers]   (prints "PORT <n>")
+    python tests/mcp/server.py --port 0 [--token SECRET] [--sse] [--sse-answers] [--odd-names]  (prints "PORT <n>")
     python tests/mcp/server.py --stdio
 
 Its tools cover every MCP content type and the faults the platform must survive: a tool that is
@@ -257,7 +257,16 @@ def main():
     parser.add_argument("--sse", action="store_true", help="the legacy HTTP+SSE transport at /sse")
     parser.add_argument("--sse-answers", action="store_true", help="answer requests with SSE streams, not JSON")
     parser.add_argument("--oauth", action="store_true", help="demand OAuth: fastmcp's own authorization server")
+    parser.add_argument("--odd-names", action="store_true", help="also tools whose names models would refuse")
     options = parser.parse_args()
+    if options.odd_names:
+        # Names MCP allows and model APIs do not: a dot and a slash; 76 characters.
+        def say(text: str) -> str:
+            """Echo the text back."""
+            return text
+
+        for name in ("lookup.record/v2", "lookup_record_v2", "summarise_" + "the_quarterly_figures_" * 3):
+            server.tool(name=name)(say)
     if options.stdio:
         server.run(transport="stdio")
         return
