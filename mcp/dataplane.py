@@ -190,35 +190,38 @@ async def _handle(request, pk: str, serializer_class, perform) -> dict:
             return await perform(configuration, principal.membership.user_id, validated, withheld)
 
 
-async def _tool_call(configuration, user_id, validated, withheld) -> dict:
+async def call_tool(configuration, user_id, validated, withheld, session=None) -> dict:
+    """A tool call as `user_id`, refused (and audited) when the tool is not allowed or withheld;
+    `session` names the agent session it came through (sessions_app.dataplane)."""
     name = validated["name"]
     refusal = proxy.tool_refusal(configuration, name, withheld=withheld)
     if refusal is not None:
-        event = proxy.denial_event(configuration, name, refusal)
+        event = proxy.denial_event(configuration, name, refusal, session)
         await audit_record_async(event.pop("action"), **event)
         raise refusal
-    return await _run(configuration, user_id, proxy.plan_tool_call(configuration, name, validated["arguments"]))
+    plan = proxy.plan_tool_call(configuration, name, validated["arguments"], session)
+    return await _run(configuration, user_id, plan)
 
 
-async def _resource_read(configuration, user_id, validated, withheld) -> dict:
-    return await _run(configuration, user_id, proxy.plan_resource_read(configuration, validated["uri"]))
+async def read_resource(configuration, user_id, validated, withheld=False, session=None) -> dict:
+    return await _run(configuration, user_id, proxy.plan_resource_read(configuration, validated["uri"], session))
 
 
-async def _prompt_get(configuration, user_id, validated, withheld) -> dict:
-    plan = proxy.plan_prompt_get(configuration, validated["name"], validated["arguments"])
+async def get_prompt(configuration, user_id, validated, withheld=False, session=None) -> dict:
+    plan = proxy.plan_prompt_get(configuration, validated["name"], validated["arguments"], session)
     return await _run(configuration, user_id, plan)
 
 
 async def tool_call(request, pk: str) -> dict:
     """POST /api/v1/mcp/configurations/{id}/tools/call/ (MCPProxyViewSet.tools_call's contract)."""
-    return await _handle(request, pk, s.ToolCallSerializer, _tool_call)
+    return await _handle(request, pk, s.ToolCallSerializer, call_tool)
 
 
 async def resource_read(request, pk: str) -> dict:
     """POST /api/v1/mcp/configurations/{id}/resources/read/."""
-    return await _handle(request, pk, s.ResourceReadSerializer, _resource_read)
+    return await _handle(request, pk, s.ResourceReadSerializer, read_resource)
 
 
 async def prompt_get(request, pk: str) -> dict:
     """POST /api/v1/mcp/configurations/{id}/prompts/get/."""
-    return await _handle(request, pk, s.PromptGetSerializer, _prompt_get)
+    return await _handle(request, pk, s.PromptGetSerializer, get_prompt)

@@ -675,6 +675,16 @@ async def acall(target: Target, operation, *, reads: bool, timeout: float | None
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 
 
+def shared_redis():
+    """The pool's Redis client (agentapi.resilience.SharedRedis) when the running loop is the
+    pool's, else None: other data-plane code uses it rather than opening its own."""
+    with _lock:
+        runtime = _runtime if _runtime is not None and _runtime[0] == os.getpid() else None
+    if runtime is None or runtime[1] is not asyncio.get_running_loop():
+        return None
+    return runtime[2].redis
+
+
 def shutdown() -> None:
     """Close every pooled session (tests, and a worker that is stopping); stop the pool's own loop."""
     global _runtime

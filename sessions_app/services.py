@@ -19,7 +19,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import services as mcp_services
-from sessions_app import naming, prompts
+from sessions_app import liveness, naming, prompts
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES, Membership
@@ -159,18 +159,30 @@ def session_extend(*, session: AgentSession) -> AgentSession:
 
 def expire_due() -> dict:
     """The scheduled job (and `manage.py cleanup_sessions`): every active session past its idle
-    time or maximum age becomes `expired`, audited, organization by organization. Returns counts."""
+    time or maximum age becomes `expired`, audited, organization by organization, unless Redis
+    says it was used within its idle time (then its row is brought up to date). Returns counts."""
     from tenants import scoping
     from tenants.models import Organization
 
     now = timezone.now()
-    counts = {"expired": 0}
+    counts = {"expired": 0, "slid": 0}
     for organization in Organization.objects.all():
         with scoping.organization_scope(organization):
             due = AgentSession.objects.filter(status=SessionStatus.ACTIVE).filter(
                 models.Q(expires_at__lte=now) | models.Q(ends_at__lte=now)
             )
+            due = list(due)
+            seen = liveness.last_seen([session.pk for session in due])
             for session in due:
+                used = seen.get(str(session.pk))
+                slid = used + timedelta(seconds=settings.SESSION_IDLE_TTL_SECONDS) if used else None
+                if slid is not None and slid > now and session.ends_at > now:
+                    # Used since its row was last written (sessions_app.liveness): not idle.
+                    AgentSession.objects.filter(pk=session.pk).update(
+                        last_active_at=used, expires_at=min(slid, session.ends_at)
+                    )
+                    counts["slid"] += 1
+                    continue
                 session_close(session=session, reason="expired")
                 counts["expired"] += 1
     return counts

@@ -19,7 +19,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from mcp import proxy
 from mcp.models import MCPConfiguration
-from sessions_app import naming
+from sessions_app import liveness, naming
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 
 # How a session names a server's resource on its MCP endpoint, so that two servers' resources
@@ -106,6 +106,7 @@ def resolve_tool(session: AgentSession, name: str) -> tuple[MCPConfiguration, st
 def call_tool(session: AgentSession, name: str, arguments: dict) -> dict:
     require_active(session)
     configuration, tool = resolve_tool(session, name)
+    liveness.touch_sync(session)
     result = proxy.tool_call(
         configuration=configuration, user_id=session.user_id, name=tool, arguments=arguments, session=session.pk
     )
@@ -137,6 +138,7 @@ def get_prompt(session: AgentSession, name: str, arguments: dict) -> dict:
         upstream = next((p["prompt"] for p in _server_prompts(server, session.user_id) if p["name"] == name), None)
         if upstream is None:
             raise APIError("prompt_not_found", f"This session has no prompt named {name!r}.", status=404)
+    liveness.touch_sync(session)
     result = proxy.get_prompt(
         configuration=server.configuration, user_id=session.user_id, name=upstream, arguments=arguments,
         session=session.pk,
@@ -191,6 +193,7 @@ def read_resource(session: AgentSession, uri: str) -> dict:
             f"This session has no resource {uri!r}: use a `uri` from GET .../resources/.",
             status=404,
         )
+    liveness.touch_sync(session)
     result = proxy.read_resource(
         configuration=server.configuration, user_id=session.user_id, uri=parts[1], session=session.pk
     )

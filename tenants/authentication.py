@@ -6,6 +6,7 @@ Failures are 401 with a stable code and a WWW-Authenticate header (RFC 6750), an
 tenants.security so that the audit log records them.
 """
 
+import dataclasses
 import functools
 import weakref
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ QUERY_CREDENTIAL_NAMES = ("access_token", "api_key", "apikey", "key", "token", "
 class Principal:
     organization: Organization
     membership: Membership
-    method: str  # "api_key", "jwt" or "session"
+    method: str  # "api_key", "jwt", "session", or a SecretCredential's method
     actor: scoping.Actor
     api_key: APIKey | None = None
+    subject: str | None = None  # what a SecretCredential is bound to (its row's id)
 
     @property
     def role(self) -> str:
@@ -166,6 +168,14 @@ def _api_key_from_row(row, db=None) -> APIKey:
     """The key, its membership, user and organization from one row of _key_lookup_sql. With `db`
     (a Django connection) each value goes through the converters the ORM would apply; rows read
     by the data plane's psycopg connection (agentapi.db.aio) arrive as Python values already."""
+    api_key, membership, user, organization = _build(row, (APIKey, Membership, User, Organization), db)
+    membership.user, membership.organization = user, organization
+    api_key.membership, api_key.organization = membership, organization
+    return api_key
+
+
+def _build(row, models, db=None) -> list:
+    """Instances of `models` from one row of their loaded columns, in that order."""
     converters = _converters(db) if db is not None else None
     values = iter(row)
 
@@ -178,10 +188,7 @@ def _api_key_from_row(row, db=None) -> APIKey:
             loaded.append(value)
         return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), loaded)
 
-    api_key, membership, user, organization = build(APIKey), build(Membership), build(User), build(Organization)
-    membership.user, membership.organization = user, organization
-    api_key.membership, api_key.organization = membership, organization
-    return api_key
+    return [build(model) for model in models]
 
 
 def _find_api_key(hashed: str) -> APIKey | None:
@@ -275,10 +282,55 @@ def principal_scope(principal: Principal) -> DatabaseScope:
     return DatabaseScope(organization_ids=(principal.organization.pk,), user_id=principal.membership.user_id)
 
 
-async def bearer_authenticate_async(authorization: str, query: dict, *, also=()) -> tuple[Principal, list]:
+@dataclass(frozen=True)
+class SecretCredential:
+    """A bearer credential an app above this one issues (a session's token), accepted where that
+    app asks for it. `scope_statement` takes the secret's hash and, for the one row it admits
+    (row-level security lets exactly that row be read, through `app.secret_hash`), sets
+    `app.organization_ids` and `app.user_id` and answers the row's id (the principal's `subject`)."""
+
+    prefix: str
+    method: str
+    hash: object  # callable: the secret -> its stored hash
+    scope_statement: aio.Statement
+
+
+@functools.cache
+def _membership_in_scope_statement() -> aio.Statement:
+    def columns(alias, model):
+        return [f'{alias}."{field.column}"' for field in _fields(model)]
+
+    select = ", ".join(columns("m", Membership) + columns("u", User) + columns("o", Organization))
+    in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
+    return aio.Statement(
+        "agentapi_membership_in_scope",
+        f'SELECT {select} FROM "{Membership._meta.db_table}" m '  # noqa: S608
+        f'JOIN "{User._meta.db_table}" u ON u.id = m.user_id '
+        f'JOIN "{Organization._meta.db_table}" o ON o.id = m.organization_id '
+        f"WHERE m.organization_id = {in_scope.format('organization_ids')} AND m.user_id = {in_scope.format('user_id')}",
+    )
+
+
+async def secret_authenticate_async(credential: SecretCredential, secret: str, *, also=()) -> tuple[Principal, list]:
+    """A SecretCredential's principal (the member its row names) and `also`, in one round trip."""
+    hashed = credential.hash(secret)
+    statements = [(credential.scope_statement, [hashed]), (_membership_in_scope_statement(), []), *also]
+    results = await aio.run(DatabaseScope(secret_hash=hashed), statements)
+    if not results[0] or not results[1]:
+        raise Unauthenticated("invalid_token", "Invalid or ended token.", credential=credential.method)
+    membership, user, organization = _build(results[1][0], (Membership, User, Organization))
+    membership.user, membership.organization = user, organization
+    principal = _principal(membership, credential.method)
+    return dataclasses.replace(principal, subject=str(results[0][0][-1])), results[2:]
+
+
+async def bearer_authenticate_async(
+    authorization: str, query: dict, *, also=(), secrets: tuple[SecretCredential, ...] = ()
+) -> tuple[Principal, list]:
     """The data plane's authentication: the management API's rules for API keys and JWTs (no
     Django sessions: agents present a bearer credential), and `also` run in the principal's
-    scope (see api_key_authenticate_async). Raises Unauthenticated/NotAuthenticated."""
+    scope (see api_key_authenticate_async); where a route accepts them, `secrets` too.
+    Raises Unauthenticated/NotAuthenticated."""
     if any(name in query for name in QUERY_CREDENTIAL_NAMES):
         raise Unauthenticated(
             "credentials_in_query",
@@ -290,6 +342,9 @@ async def bearer_authenticate_async(authorization: str, query: dict, *, also=())
         raise exceptions.NotAuthenticated()
     if token.startswith(API_KEY_PREFIX):
         return await api_key_authenticate_async(token, also=also)
+    for credential in secrets:
+        if token.startswith(credential.prefix):
+            return await secret_authenticate_async(credential, token, also=also)
     # A JWT costs a signature check and, when its key id is new, a JWKS fetch; its membership is
     # found by the ORM. Both run on a worker thread, as the management plane runs them.
     from agentapi.workers import in_worker

@@ -374,6 +374,9 @@ MCP_HEALTH_CHECK_INTERVAL = env.float("MCP_HEALTH_CHECK_INTERVAL", default=300.0
 # path pattern, handler, metrics label); off, or on SQLite, their DRF views serve them instead.
 DATA_PLANE_ENABLED = env.bool("DATA_PLANE_ENABLED", default=True)
 _CONFIGURATION = r"^/api/v1/mcp/configurations/(?P<pk>[0-9]+)"
+_SESSION = (
+    r"^/api/v1/sessions/(?P<session_id>[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})"
+)
 DATA_PLANE_ROUTES = [
     ("POST", _CONFIGURATION + r"/tools/call/$", "mcp.dataplane.tool_call", "mcp/configurations/<pk>/tools/call/"),
     (
@@ -383,6 +386,9 @@ DATA_PLANE_ROUTES = [
         "mcp/configurations/<pk>/resources/read/",
     ),
     ("POST", _CONFIGURATION + r"/prompts/get/$", "mcp.dataplane.prompt_get", "mcp/configurations/<pk>/prompts/get/"),
+    ("POST", _SESSION + r"/tools/call/$", "sessions_app.dataplane.tool_call", "sessions/<id>/tools/call/"),
+    ("POST", _SESSION + r"/resources/read/$", "sessions_app.dataplane.resource_read", "sessions/<id>/resources/read/"),
+    ("POST", _SESSION + r"/prompts/get/$", "sessions_app.dataplane.prompt_get", "sessions/<id>/prompts/get/"),
 ]
 # Called on the web process's event loop before it serves its first request.
 EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop"]
@@ -432,3 +438,6 @@ LOGGING = {
 # any session after SESSION_MAX_AGE_SECONDS.
 SESSION_IDLE_TTL_SECONDS = env.int("SESSION_IDLE_TTL_SECONDS", default=3600)
 SESSION_MAX_AGE_SECONDS = env.int("SESSION_MAX_AGE_SECONDS", default=86400)
+# A use slides the idle time in Redis at once; the database's copy (`last_active_at`, `expires_at`)
+# is written at most this often per session (sessions_app.liveness).
+SESSION_TOUCH_INTERVAL_SECONDS = env.int("SESSION_TOUCH_INTERVAL_SECONDS", default=60)

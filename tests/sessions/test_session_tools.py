@@ -144,3 +144,18 @@ def test_a_server_that_cannot_be_reached_is_reported_and_hides_nothing_else(alic
     assert {tool["configuration"] for tool in body["tools"]} == {up["id"]} and body["count"] > 0
     assert [u["configuration"] for u in body["unavailable"]] == [down["id"]]
     assert body["unavailable"][0]["prefix"] == "down" and body["unavailable"][0]["error"]["code"]
+
+
+def test_the_management_plane_serves_the_same_calls_where_the_data_plane_does_not_run(alice_api, http_server, settings):
+    settings.DATA_PLANE_ENABLED = False  # as on the embedded profile (SQLite)
+    server = configure(alice_api, name="plain", url=http_server.url)
+    session = open_session(alice_api, server["id"])
+    called = alice_api.post(
+        f"{SESSIONS}{session['id']}/tools/call/", {"name": "plain__echo", "arguments": {"text": "y"}}
+    )
+    assert called.status_code == 200 and type(called).__name__ != "DataPlaneResponse"
+    assert called.json()["content"][0]["text"] == "y" and called.json()["name"] == "plain__echo"
+    got = alice_api.post(
+        f"{SESSIONS}{session['id']}/prompts/get/", {"name": "plain__review", "arguments": {"language": "C"}}
+    )
+    assert got.status_code == 200, got.content

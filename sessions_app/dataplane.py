@@ -1,0 +1,257 @@
+"""A session's calls on the data plane (agentapi.dataplane): tools/call, resources/read, prompts/get
+under `/api/v1/sessions/{id}/`, and the lookups the session MCP endpoint (sessions_app.mcp_server)
+makes. The pipeline is the configuration's own (mcp.dataplane), with one more join:
+
+    authenticate  the caller (API key or JWT; at the MCP endpoint also the session's token), with
+    find          the session, the caller's own, and the attached server the name points into
+                  (by its prefix, sessions_app.naming), its configuration and whether the tool
+                  is withheld: one statement in authentication's round trip (agentapi.db.aio)
+    resolve       a name that may be hashed is looked up in the server's catalogue (a worker
+                  thread; cached in Redis)
+    call          mcp.dataplane.call_tool / read_resource / get_prompt, the session named in
+                  the audit record
+    touch         the session's liveness (sessions_app.liveness), alongside the call
+"""
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from functools import cache
+
+from rest_framework import exceptions
+
+from agentapi import context as request_context
+from agentapi.db import aio
+from agentapi.errors import APIError
+from agentapi.workers import in_worker
+from audit.recorders import deferred_security_events_async
+from mcp import catalogue
+from mcp import dataplane as mcp_dataplane
+from mcp.api import serializers as s
+from mcp.models import MCPConfiguration, PinStatus, ToolPin
+from sessions_app import liveness, naming, tools
+from sessions_app.models import AgentSession, SessionServer
+from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
+from tenants import scoping, security
+from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async
+
+# -- authenticate -----------------------------------------------------------------------------
+
+# In the model's own field order, which is the order Model.from_db expects.
+_SESSION_FIELDS = [
+    field.attname
+    for field in AgentSession._meta.concrete_fields
+    if field.attname
+    in {"id", "organization_id", "user_id", "name", "status", "last_active_at", "expires_at", "ends_at"}
+]
+
+
+@cache
+def session_token() -> SecretCredential:
+    """The session's own token, accepted at its MCP endpoint (and only there)."""
+    table = AgentSession._meta.db_table
+    return SecretCredential(
+        prefix=SESSION_TOKEN_PREFIX,
+        method="session_token",
+        hash=hash_session_token,
+        scope_statement=aio.Statement(
+            "agentapi_scope_from_session_token",
+            "SELECT set_config('app.organization_ids', s.organization_id::text, true), "  # noqa: S608
+            "set_config('app.user_id', s.user_id::text, true), set_config('app.secret_hash', '', true), s.id "
+            f"FROM \"{table}\" s WHERE s.mcp_token_hash = %s AND s.status = 'active'",
+        ),
+    )
+
+
+# -- find -------------------------------------------------------------------------------------
+
+
+@cache
+def _configuration_attnames() -> list[str]:
+    return [field.attname for field in MCPConfiguration._meta.concrete_fields]
+
+
+@cache
+def _find_statement() -> aio.Statement:
+    """The caller's own session by id, the attached server with the given prefix (or NULLs), and
+    whether the named tool waits for approval: one row, or none."""
+    session_columns = [f's."{AgentSession._meta.get_field(name).column}"' for name in _SESSION_FIELDS]
+    configuration_columns = [
+        f'c."{MCPConfiguration._meta.get_field(name).column}"' for name in _configuration_attnames()
+    ]
+    in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
+    sql = (
+        f"SELECT {', '.join(session_columns + configuration_columns)}, "  # noqa: S608
+        f'EXISTS (SELECT 1 FROM "{ToolPin._meta.db_table}" p '
+        "WHERE p.configuration_id = c.id AND p.name = %s AND p.status = %s) "
+        f'FROM "{AgentSession._meta.db_table}" s '
+        f'LEFT JOIN "{SessionServer._meta.db_table}" ss ON ss.session_id = s.id AND ss.prefix = %s '
+        f'LEFT JOIN "{MCPConfiguration._meta.db_table}" c ON c.id = ss.configuration_id '
+        f"WHERE s.id = %s AND s.organization_id = {in_scope.format('organization_ids')} "
+        f"AND s.user_id = {in_scope.format('user_id')}"
+    )
+    return aio.Statement("agentapi_session_server", sql)
+
+
+@dataclass
+class Found:
+    principal: Principal
+    session: AgentSession
+    configuration: MCPConfiguration | None  # the server the name points into, if attached
+    withheld: bool
+
+
+def _session_id(value: str) -> str | None:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+async def authenticate_and_find(request, session_id: str, *, prefix: str = "", tool: str = "", secrets=()) -> Found:
+    """The caller, their session `session_id` and its server `prefix`: one round trip. Another
+    user's or organization's session is NotFound; a session token is good for its own session
+    only."""
+    pk = _session_id(session_id)
+    statement = (_find_statement(), [tool, PinStatus.PENDING, prefix, pk or str(uuid.UUID(int=0))])
+    principal, (rows,) = await bearer_authenticate_async(
+        request.headers.get("authorization", ""), request.query, also=[statement], secrets=secrets
+    )
+    if principal.subject is not None and principal.subject != pk:
+        raise exceptions.AuthenticationFailed("This session token belongs to another session.")
+    if not rows:
+        with scoping.organization_scope(principal.organization, actor=principal.actor):
+            security.report("lookup_denied", model=AgentSession._meta.label, pk=session_id[:64])
+        raise exceptions.NotFound()
+    row = rows[0]
+    session = aio.instance(AgentSession, _SESSION_FIELDS, row[: len(_SESSION_FIELDS)])
+    session.organization = principal.organization
+    values, withheld = row[len(_SESSION_FIELDS) : -1], row[-1]
+    configuration = None
+    if values[0] is not None:
+        configuration = aio.instance(MCPConfiguration, _configuration_attnames(), values)
+        configuration.organization = principal.organization
+    return Found(principal, session, configuration, bool(withheld))
+
+
+# -- the calls --------------------------------------------------------------------------------
+
+
+def _not_found(what: str, name: str) -> APIError:
+    return APIError(f"{what}_not_found", f"This session has no {what} named {name!r}.", status=404)
+
+
+async def call_tool(found: Found, name: str, arguments: dict) -> dict:
+    """Call the session tool `name` (found with its prefix and the rest of the name)."""
+    tools.require_active(found.session)
+    parts = naming.split(name)
+    if found.configuration is None or parts is None:
+        raise _not_found("tool", name)
+    configuration, upstream, withheld = found.configuration, naming.plain_upstream(*parts), found.withheld
+    if upstream is None:  # a hashed name: which tool it is, the catalogue says
+        configuration, upstream = await in_worker(tools.resolve_tool)(found.session, name)
+        withheld = await in_worker(catalogue.withheld)(configuration, upstream)
+    user_id = found.session.user_id
+    validated = {"name": upstream, "arguments": arguments}
+    touched = asyncio.ensure_future(liveness.touch(found.session))
+    try:
+        result = await mcp_dataplane.call_tool(configuration, user_id, validated, withheld, found.session.pk)
+    finally:
+        await touched
+    return {**result, "name": name}
+
+
+async def read_resource(found: Found, uri: str) -> dict:
+    tools.require_active(found.session)
+    parts = tools.upstream_uri(uri)
+    if found.configuration is None or parts is None:
+        raise APIError("resource_not_found", f"This session has no resource {uri!r}.", status=404)
+    touched = asyncio.ensure_future(liveness.touch(found.session))
+    try:
+        result = await mcp_dataplane.read_resource(
+            found.configuration, found.session.user_id, {"uri": parts[1]}, session=found.session.pk
+        )
+    finally:
+        await touched
+    return {**result, "uri": uri}
+
+
+async def get_prompt(found: Found, name: str, arguments: dict) -> dict:
+    tools.require_active(found.session)
+    parts = naming.split(name)
+    if found.configuration is None or parts is None:
+        raise _not_found("prompt", name)
+    upstream = naming.plain_upstream(*parts)
+    configuration = found.configuration
+    if upstream is None:
+        prompts, _ = await in_worker(tools.list_prompts)(found.session)
+        upstream = next((p["prompt"] for p in prompts if p["name"] == name), None)
+        if upstream is None:
+            raise _not_found("prompt", name)
+    touched = asyncio.ensure_future(liveness.touch(found.session))
+    try:
+        validated = {"name": upstream, "arguments": arguments}
+        result = await mcp_dataplane.get_prompt(
+            configuration, found.session.user_id, validated, session=found.session.pk
+        )
+    finally:
+        await touched
+    return {**result, "name": name}
+
+
+# -- the REST routes --------------------------------------------------------------------------
+
+
+async def _handle(request, session_id: str, serializer_class, prefix_of, perform) -> dict:
+    async with deferred_security_events_async():
+        data, error = mcp_dataplane._body(request)
+        named = data.get(serializer_class.routing_field) if isinstance(data, dict) else None
+        prefix, tool = prefix_of(named if isinstance(named, str) else "")
+        found = await authenticate_and_find(request, session_id, prefix=prefix, tool=tool)
+        with scoping.organization_scope(found.principal.organization, actor=found.principal.actor):
+            request_context.annotate(user=str(found.principal.membership.user_id), session=str(found.session.pk))
+            validated = mcp_dataplane._valid(serializer_class, data, error)
+            return await perform(found, validated)
+
+
+def _by_name(name: str) -> tuple[str, str]:
+    parts = naming.split(name)
+    if parts is None:
+        return "", ""
+    return parts[0], naming.plain_upstream(*parts) or ""
+
+
+def _by_uri(uri: str) -> tuple[str, str]:
+    parts = tools.upstream_uri(uri)
+    return (parts[0], "") if parts else ("", "")
+
+
+class _ToolCall(s.ToolCallSerializer):
+    routing_field = "name"
+
+
+class _ResourceRead(s.ResourceReadSerializer):
+    routing_field = "uri"
+
+
+class _PromptGet(s.PromptGetSerializer):
+    routing_field = "name"
+
+
+async def tool_call(request, session_id: str) -> dict:
+    """POST /api/v1/sessions/{id}/tools/call/ (SessionToolsViewSet.tools_call's contract)."""
+    return await _handle(
+        request, session_id, _ToolCall, _by_name, lambda found, v: call_tool(found, v["name"], v["arguments"])
+    )
+
+
+async def resource_read(request, session_id: str) -> dict:
+    """POST /api/v1/sessions/{id}/resources/read/."""
+    return await _handle(request, session_id, _ResourceRead, _by_uri, lambda found, v: read_resource(found, v["uri"]))
+
+
+async def prompt_get(request, session_id: str) -> dict:
+    """POST /api/v1/sessions/{id}/prompts/get/."""
+    return await _handle(
+        request, session_id, _PromptGet, _by_name, lambda found, v: get_prompt(found, v["name"], v["arguments"])
+    )
