@@ -56,9 +56,12 @@ class SyncChainASGIHandler(ASGIHandler):
             return await self._lifespan(receive, send)
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        if self._data_plane:
-            from agentapi import dataplane
+        from agentapi import dataplane
 
+        found = dataplane.match_app(scope)
+        if found is not None:
+            return await dataplane.serve_app(*found, scope, receive, send)
+        if self._data_plane:
             found = dataplane.match(scope)
             if found is not None:
                 return await dataplane.serve(*found, scope, receive, send)

@@ -90,6 +90,22 @@ def enabled() -> bool:
     return settings.DATA_PLANE_ENABLED and aio.available()
 
 
+@cache
+def apps() -> tuple[Route, ...]:
+    return tuple(Route("*", re.compile(pattern), app, name) for pattern, app, name in settings.DATA_PLANE_APPS)
+
+
+def match_app(scope) -> tuple[Route, dict] | None:
+    """The data-plane ASGI application for an HTTP request (on every profile), or None."""
+    if scope["type"] != "http":
+        return None
+    for route in apps():
+        found = route.pattern.match(scope["path"])
+        if found:
+            return route, found.groupdict()
+    return None
+
+
 def match(scope) -> tuple[Route, dict] | None:
     """The data-plane route for an HTTP request, or None (Django answers it)."""
     if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -218,6 +234,82 @@ async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                },
+            )
+    finally:
+        context.reset(token)
+
+
+async def serve_app(route: Route, kwargs: dict, scope, receive, send) -> None:
+    """Hand one request to a data-plane ASGI application (settings.DATA_PLANE_APPS: the session
+    MCP endpoint), `app(scope, receive, send, **kwargs)`, with what `serve` gives a route: the
+    host check, the request id and context, the security headers, the access log and metrics, and
+    the error shape for an APIException raised before the application answers."""
+    started = time.perf_counter()
+    headers = _headers(scope)
+    client = scope.get("client")
+    token = context.bind_request(
+        request_id=headers.get("x-request-id"),
+        ip=client[0] if client else None,
+        user_agent=headers.get("user-agent", ""),
+    )
+    request_id = context.current_request_id()
+    secure = _secure(scope, headers)
+    status = {"code": 500, "started": False}
+
+    async def send_with_headers(message):
+        if message["type"] == "http.response.start":
+            status["code"], status["started"] = message["status"], True
+            extra = [(b"x-request-id", request_id.encode()), *_security_headers(secure)]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    try:
+        host = headers.get("host", "")
+        try:
+            if not _allowed_host(host):
+                security_log.error("Invalid HTTP_HOST header: %r.", host[:200])
+                raise exceptions.ParseError("The request could not be understood.")
+            await _handler(route.handler)(scope, receive, send_with_headers, **kwargs)
+        except exceptions.APIException as exc:
+            if status["started"]:
+                raise
+            code, data, more = errors.api_error_parts(exc, challenge=CHALLENGE)
+            extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in more.items()]
+            body = _json_bytes(data)
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": code,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *extra,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        except Exception:
+            logger.exception("Internal error on the data plane", extra={"path": scope["path"]})
+            if not status["started"]:
+                body = _json_bytes(
+                    errors.error_body("internal_error", "Something went wrong on our side; it has been logged.")
+                )
+                await send_with_headers(
+                    {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send({"type": "http.response.body", "body": body})
+        duration = time.perf_counter() - started
+        metrics.HTTP_REQUESTS.labels(scope["method"], route.name, str(status["code"])).inc()
+        metrics.HTTP_LATENCY.labels(scope["method"], route.name).observe(duration)
+        if settings.ACCESS_LOG:
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status["code"],
                     "duration_ms": round(duration * 1000, 2),
                 },
             )

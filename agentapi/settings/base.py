@@ -390,6 +390,10 @@ DATA_PLANE_ROUTES = [
     ("POST", _SESSION + r"/resources/read/$", "sessions_app.dataplane.resource_read", "sessions/<id>/resources/read/"),
     ("POST", _SESSION + r"/prompts/get/$", "sessions_app.dataplane.prompt_get", "sessions/<id>/prompts/get/"),
 ]
+# ASGI applications on the data plane, on every profile (they choose their database access).
+DATA_PLANE_APPS = [
+    (r"^/mcp/sessions/(?P<session_id>[^/]+)/?$", "sessions_app.mcp_server.application", "mcp/sessions/<id>/")
+]
 # Called on the web process's event loop before it serves its first request.
 EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop"]
 # Its database connections per web process, and how long a request waits for one before 503.
