@@ -29,7 +29,8 @@ class Api:
             self.headers["Authorization"] = f"Bearer {key}"
 
     def request(self, method: str, path: str, data=None, **headers):
-        if dataplane.enabled() and dataplane.match({"type": "http", "method": method.upper(), "path": path}):
+        scope = {"type": "http", "method": method.upper(), "path": urlsplit(path).path}
+        if dataplane.match_app(scope) or (dataplane.enabled() and dataplane.match(scope)):
             return data_plane_request(method.upper(), path, data, {**self.headers, **headers})
         kwargs = {"headers": {**self.headers, **headers}}
         if data is not None:
@@ -38,6 +39,8 @@ class Api:
         return getattr(self.client, method.lower())(path, **kwargs)
 
     def get(self, path, data=None, **headers):
+        if path.startswith("/mcp/"):
+            return self.request("get", path, data, **headers)
         return self.client.get(path, data=data, headers={**self.headers, **headers})
 
     def post(self, path, data=None, **headers):
@@ -93,6 +96,9 @@ def data_plane_request(method: str, path: str, data, headers: dict) -> DataPlane
         sent.append(message)
 
     async def serve():
+        app = dataplane.match_app(scope)
+        if app is not None:
+            return await dataplane.serve_app(*app, scope, receive, send)
         route, kwargs = dataplane.match(scope)
         await dataplane.serve(route, kwargs, scope, receive, send)
 

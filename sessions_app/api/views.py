@@ -129,6 +129,14 @@ class SessionToolsViewSet(TenantViewSet):
     def get_queryset(self):
         return services.own_sessions(self.principal)
 
+    def get_serializer_class(self):
+        # What each call takes (OPTIONS describes it); the listings take nothing.
+        return {
+            "tools_call": mcp_serializers.ToolCallSerializer,
+            "resources_read": mcp_serializers.ResourceReadSerializer,
+            "prompts_get": mcp_serializers.PromptGetSerializer,
+        }.get(self.action, serializers.Serializer)
+
     def _valid(self, serializer_class) -> dict:
         data = serializer_class(data=self.request.data)
         data.is_valid(raise_exception=True)

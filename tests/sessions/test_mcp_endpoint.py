@@ -203,3 +203,31 @@ def test_the_mcp_inspector_cli_lists_and_calls_the_sessions_tools(alice_api, htt
     assert "tests__echo" in [tool["name"] for tool in listed["tools"]]
     called = run("--method", "tools/call", "--tool-name", "tests__echo", "--tool-arg", "text=from the inspector")
     assert called["content"][0]["text"] == "from the inspector"
+
+
+def test_bad_input_at_the_endpoint_is_never_a_server_error(alice_api, http_server):
+    """Through the ASGI application in this process: what the endpoint's own checks and the SDK's
+    answer to bodies no client should send (JSON-RPC errors, 4xx), never a 500."""
+    server = configure(alice_api, name="tests", url=http_server.url)
+    session = open_session(alice_api, server["id"])
+    path = f"/mcp/sessions/{session['id']}/"
+    accept = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    bodies = [
+        "[" * 400 + "]" * 400,
+        json.dumps({f"key{i}": [i] for i in range(50_000)}),
+        "not json",
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x" * 5000}}),
+        json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "tests__echo", "arguments": 7}}
+        ),
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": "agentapi://tests/%ZZ"}}),
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "prompts/get", "params": {"name": "tests__nothing"}}),
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "no/such", "params": {}}),
+        json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}] * 3),
+    ]
+    for body in bodies:
+        response = alice_api.request("post", path, body, **accept)
+        assert response.status_code < 500, (body[:80], response.status_code, response.content[:300])
+    for url in (path, "/mcp/sessions/not-a-uuid/", f"/mcp/sessions/{'0' * 36}/"):
+        response = alice_api.request("put", url, "{}", **accept)
+        assert 400 <= response.status_code < 500 and set(response.json()) == {"error"}

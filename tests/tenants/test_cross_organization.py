@@ -94,6 +94,10 @@ MCP_CONFIGURATION_ROUTES = [
     "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
     "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
 ]  # fmt: skip
+SESSION_TOOL_ROUTES = [
+    "agent-session-tools-tools", "agent-session-tools-tools-call", "agent-session-tools-resources",
+    "agent-session-tools-resources-read", "agent-session-tools-prompts", "agent-session-tools-prompts-get",
+]  # fmt: skip
 DETAIL_ROUTES = {
     "member-detail": a_member,
     "api-key-detail": an_api_key,
@@ -106,6 +110,7 @@ DETAIL_ROUTES = {
     "prompt-versions": a_prompt,
     "prompt-rollback": a_prompt,
     "agent-session-detail": a_session,
+    **dict.fromkeys(SESSION_TOOL_ROUTES, a_session),
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
@@ -146,7 +151,10 @@ def detail_path(route: str, pk) -> str:
 
 
 # Served by the data plane, which reads committed rows on its own connections.
-DATA_PLANE_ROUTES = {"mcp-proxy-tools-call", "mcp-proxy-resources-read", "mcp-proxy-prompts-get"}
+DATA_PLANE_ROUTES = {
+    "mcp-proxy-tools-call", "mcp-proxy-resources-read", "mcp-proxy-prompts-get",
+    "agent-session-tools-tools-call", "agent-session-tools-resources-read", "agent-session-tools-prompts-get",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -242,3 +250,16 @@ def test_operator_routes_are_refused_to_everyone_else(method, alice_api, globex)
     globex.refresh_from_db()
     template.refresh_from_db()
     assert globex.name == "Globex" and template.command == "/bin/true"
+
+
+@committed
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_another_organizations_session_mcp_endpoint_is_404(method, alice, alice_api, charlie_api, acme):
+    """The session MCP endpoint (not a DRF route, so listed here by hand)."""
+    path = f"/mcp/sessions/{a_session(acme)}/"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    foreign = charlie_api.request(method, path, body if method == "post" else None, **headers)
+    assert foreign.status_code == 404 and error_of(foreign)["code"] == "not_found"
+    own = alice_api.request(method, path, body if method == "post" else None, **headers)
+    assert own.status_code == (200 if method == "post" else 405), own.content
