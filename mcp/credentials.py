@@ -46,10 +46,12 @@ def target_for(configuration: MCPConfiguration, user_id: int | None = None) -> T
         headers = _oauth_headers(configuration, user_id)
     else:
         headers = _configured_headers(configuration)
-    stdio_command = None
+    stdio_command, workspace = None, None
     if configuration.transport == Transport.STDIO:
+        template = configuration.stdio_template
+        workspace = stdio.current_workspace() if stdio.uses_workspace(template) else None
         try:
-            executable, argv, env = stdio.command_line(configuration.stdio_template, configuration.stdio_arguments)
+            executable, argv, env = stdio.command_line(template, configuration.stdio_arguments, workspace)
         except FileNotFoundError:
             raise APIError("upstream_error", "The stdio template's command is not installed.", status=502) from None
         stdio_command = (executable, tuple(argv), tuple(sorted(env.items())))
@@ -61,4 +63,5 @@ def target_for(configuration: MCPConfiguration, user_id: int | None = None) -> T
         url=configuration.url,
         headers=tuple(sorted(headers.items())),
         stdio=stdio_command,
+        workspace=workspace,
     )

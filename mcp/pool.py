@@ -124,10 +124,15 @@ class Target:
     url: str = ""
     headers: tuple = ()
     stdio: tuple | None = None  # (executable, argv, env)
+    # A stdio server confined to an agent session's workspace: its own process, started in that
+    # directory, ended when the directory is removed (the session ended; see _reap).
+    workspace: str | None = None
 
     @property
     def fingerprint(self) -> str:
-        material = json.dumps([self.transport, self.url, list(self.headers), self.stdio], sort_keys=True)
+        material = json.dumps(
+            [self.transport, self.url, list(self.headers), self.stdio, self.workspace], sort_keys=True
+        )
         return hashlib.sha256(material.encode()).hexdigest()[:24]
 
     @property
@@ -517,7 +522,9 @@ class Pool:
             if entry is not None:
                 entry.stderr_path = path
             errlog = stack.enter_context(os.fdopen(descriptor, "w"))
-            params = StdioServerParameters(command=executable, args=list(argv), env=env, cwd=workdir)
+            params = StdioServerParameters(
+                command=executable, args=list(argv), env=env, cwd=target.workspace or workdir
+            )
             return stdio_client(params, errlog=errlog), workdir
         checked = outbound.check_url(target.url)  # checked again when dialled, and pinned
         if target.transport == "sse":
@@ -578,11 +585,25 @@ class Pool:
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
+    async def close_ended_workspaces(self) -> int:
+        """Discard the sessions of stdio servers whose agent session's workspace is gone: whichever
+        process ended the session removed the directory, and this is how every web process learns it."""
+        ended = [e for e in self.entries.values() if e.target.workspace and not os.path.isdir(e.target.workspace)]
+        for entry in ended:
+            await self._discard(entry)
+        return len(ended)
+
     async def _reap(self) -> None:
         interval = max(0.5, min(30.0, settings.MCP_POOL_IDLE_SECONDS / 2))
+        tick = min(interval, settings.SESSION_WORKSPACE_CHECK_SECONDS)
+        waited = 0.0
         while True:
-            await asyncio.sleep(interval)
-            await self.close_idle(settings.MCP_POOL_IDLE_SECONDS)
+            await asyncio.sleep(tick)
+            waited += tick
+            await self.close_ended_workspaces()
+            if waited >= interval:
+                waited = 0.0
+                await self.close_idle(settings.MCP_POOL_IDLE_SECONDS)
 
 
 def _describe(exc: BaseException) -> str:

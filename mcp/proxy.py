@@ -12,6 +12,7 @@ profile.
 """
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from django.conf import settings
 from agentapi import context as request_context
 from agentapi.errors import APIError
 from audit.services import audit_record
-from mcp import catalogue, metrics, pool
+from mcp import catalogue, metrics, pool, stdio
 from mcp.credentials import target_for
 from mcp.models import AuthType, MCPConfiguration
 from oauth import services as oauth_services
@@ -272,7 +273,13 @@ def get_prompt(*, configuration: MCPConfiguration, user_id: int, name: str, argu
 
 
 def test_connection(*, configuration: MCPConfiguration, user_id: int) -> dict:
-    """Connect as the caller and list tools, bypassing the cache: ok, latency, tool count, server."""
+    """Connect as the caller and list tools, bypassing the cache: ok, latency, tool count, server.
+    A server that runs in a session's workspace is tried in an empty one of its own, removed after
+    (the pool then ends its process: mcp.pool.Pool.close_ended_workspaces)."""
+    template = configuration.stdio_template if configuration.transport == "stdio" else None
+    if template is not None and stdio.uses_workspace(template) and stdio.current_workspace() is None:
+        with tempfile.TemporaryDirectory(prefix="mcp-test-workspace-") as workspace, stdio.in_workspace(workspace):
+            return test_connection(configuration=configuration, user_id=user_id)
     started = time.perf_counter()
 
     async def operation(client):

@@ -9,11 +9,37 @@ from nothing but a minimal PATH/HOME and what the template and tenant set, in a 
 of its own.
 """
 
+import contextlib
 import os
 import re
 import shutil
+from contextvars import ContextVar
 
 from agentapi.errors import APIError
+
+# A template's arguments may name the calling agent session's workspace (sessions_app.workspaces):
+# the server then runs confined to that directory, one process per session.
+WORKSPACE = "{workspace}"
+_workspace: ContextVar[str | None] = ContextVar("agentapi_stdio_workspace", default=None)
+
+
+@contextlib.contextmanager
+def in_workspace(path: str | None):
+    """Calls made inside reach stdio servers as this session's (mcp.credentials.target_for)."""
+    token = _workspace.set(path)
+    try:
+        yield
+    finally:
+        _workspace.reset(token)
+
+
+def current_workspace() -> str | None:
+    return _workspace.get()
+
+
+def uses_workspace(template) -> bool:
+    return any(WORKSPACE in str(argument) for argument in template.arguments)
+
 
 # Exact names and prefixes of variables that inject code into a process or its interpreter.
 DENIED_ENV = {
@@ -99,12 +125,19 @@ def _invalid(message: str) -> APIError:
     return APIError("invalid", message, status=400, details={"stdio_arguments": [message]})
 
 
-def command_line(template, stdio_arguments: dict) -> tuple[str, list[str], dict]:
-    """(executable, argv after it, environment) for a process started without a shell."""
+def command_line(template, stdio_arguments: dict, workspace: str | None = None) -> tuple[str, list[str], dict]:
+    """(executable, argv after it, environment) for a process started without a shell.
+    `{workspace}` in the template's arguments becomes `workspace` (a session's directory)."""
     command = shutil.which(template.command, path=BASE_PATH) if "/" not in template.command else template.command
     if command is None or not os.access(command, os.X_OK):
         raise FileNotFoundError(f"stdio template {template.name}: command not found")
-    argv = [str(a) for a in template.arguments]
+    if uses_workspace(template) and workspace is None:
+        raise APIError(
+            "workspace_required",
+            "This server runs in an agent session's workspace: use it through a session's tools.",
+            status=409,
+        )
+    argv = [str(a).replace(WORKSPACE, workspace) if workspace else str(a) for a in template.arguments]
     for option, value in (stdio_arguments.get("arguments") or {}).items():
         argv += [option, value]
     # Memory is capped as data (RLIMIT_DATA: heap and private writable mappings), not as address

@@ -29,7 +29,7 @@ from mcp import catalogue
 from mcp import dataplane as mcp_dataplane
 from mcp.api import serializers as s
 from mcp.models import MCPConfiguration, PinStatus, ToolPin
-from sessions_app import liveness, naming, tools
+from sessions_app import liveness, naming, tools, workspaces
 from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
 from tenants import scoping, security
@@ -142,6 +142,12 @@ def _not_found(what: str, name: str) -> APIError:
 
 
 async def call_tool(found: Found, name: str, arguments: dict) -> dict:
+    """Call the session tool `name`; stdio servers run in the session's workspace."""
+    with workspaces.used_by(found.session):
+        return await _call_tool(found, name, arguments)
+
+
+async def _call_tool(found: Found, name: str, arguments: dict) -> dict:
     """Call the session tool `name` (found with its prefix and the rest of the name)."""
     tools.require_active(found.session)
     parts = naming.split(name)
@@ -162,6 +168,11 @@ async def call_tool(found: Found, name: str, arguments: dict) -> dict:
 
 
 async def read_resource(found: Found, uri: str) -> dict:
+    with workspaces.used_by(found.session):
+        return await _read_resource(found, uri)
+
+
+async def _read_resource(found: Found, uri: str) -> dict:
     tools.require_active(found.session)
     parts = tools.upstream_uri(uri)
     if found.configuration is None or parts is None:
@@ -177,6 +188,11 @@ async def read_resource(found: Found, uri: str) -> dict:
 
 
 async def get_prompt(found: Found, name: str, arguments: dict) -> dict:
+    with workspaces.used_by(found.session):
+        return await _get_prompt(found, name, arguments)
+
+
+async def _get_prompt(found: Found, name: str, arguments: dict) -> dict:
     tools.require_active(found.session)
     parts = naming.split(name)
     if found.configuration is None or parts is None:

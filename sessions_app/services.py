@@ -19,7 +19,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import services as mcp_services
-from sessions_app import liveness, naming, prompts
+from sessions_app import liveness, naming, prompts, workspaces
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES, Membership
@@ -110,6 +110,8 @@ def session_create(
             )
         )
     SessionServer.objects.bulk_create(servers)
+    workspaces.create(session)
+
     audit_record(
         "session.create",
         target=session,
@@ -132,6 +134,8 @@ def session_close(*, session: AgentSession, reason: str = "closed") -> AgentSess
     session.closed_at = timezone.now()
     session.mcp_token_hash = ""  # its token ends with it
     session.save(update_fields=["status", "closed_at", "mcp_token_hash"])
+    # Its workspace goes once the end is committed; its stdio servers follow (mcp.pool).
+    transaction.on_commit(lambda: workspaces.remove(session))
     audit_record(
         f"session.{session.status}",
         target=session,

@@ -11,6 +11,7 @@ profile, mcp.dataplane natively async): the session's user's credentials, the br
 and the audit record, which also names the session.
 """
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -19,7 +20,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from mcp import proxy
 from mcp.models import MCPConfiguration
-from sessions_app import liveness, naming
+from sessions_app import liveness, naming, workspaces
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 
 # How a session names a server's resource on its MCP endpoint, so that two servers' resources
@@ -32,6 +33,17 @@ class Unavailable:
     configuration: int
     prefix: str
     error: dict
+
+
+def in_workspace(func):
+    """The decorated function's calls reach stdio servers in its session's workspace."""
+
+    @functools.wraps(func)
+    def wrapper(session, *args, **kwargs):
+        with workspaces.used_by(session):
+            return func(session, *args, **kwargs)
+
+    return wrapper
 
 
 def require_active(session: AgentSession) -> None:
@@ -73,6 +85,7 @@ def _server_tools(server: SessionServer, user_id: int) -> list[dict]:
     ]
 
 
+@in_workspace
 def list_tools(session: AgentSession) -> tuple[list[dict], list[Unavailable]]:
     """Every tool the session may call, by its session name."""
     require_active(session)
@@ -90,6 +103,7 @@ def _server_named(session: AgentSession, name: str, what: str) -> tuple[SessionS
     return server, parts[1]
 
 
+@in_workspace
 def resolve_tool(session: AgentSession, name: str) -> tuple[MCPConfiguration, str]:
     """(configuration, the server's own tool name) for a session tool name. A clean name is its
     own upstream name; a hashed one is found in the server's catalogue."""
@@ -103,6 +117,7 @@ def resolve_tool(session: AgentSession, name: str) -> tuple[MCPConfiguration, st
     raise APIError("tool_not_found", f"This session has no tool named {name!r}.", status=404)
 
 
+@in_workspace
 def call_tool(session: AgentSession, name: str, arguments: dict) -> dict:
     require_active(session)
     configuration, tool = resolve_tool(session, name)
@@ -125,11 +140,13 @@ def _server_prompts(server: SessionServer, user_id: int) -> list[dict]:
     ]
 
 
+@in_workspace
 def list_prompts(session: AgentSession) -> tuple[list[dict], list[Unavailable]]:
     require_active(session)
     return _each_server(session, lambda server: _server_prompts(server, session.user_id))
 
 
+@in_workspace
 def get_prompt(session: AgentSession, name: str, arguments: dict) -> dict:
     require_active(session)
     server, rest = _server_named(session, name, "prompt")
@@ -174,6 +191,7 @@ def _server_resources(server: SessionServer, user_id: int) -> list[dict]:
     ]
 
 
+@in_workspace
 def list_resources(session: AgentSession) -> tuple[list[dict], list[Unavailable]]:
     """Every resource of the session's servers, each under a URI that names its server (a
     session's `uri`), with the server's own (`resource`) beside it."""
@@ -181,6 +199,7 @@ def list_resources(session: AgentSession) -> tuple[list[dict], list[Unavailable]
     return _each_server(session, lambda server: _server_resources(server, session.user_id))
 
 
+@in_workspace
 def read_resource(session: AgentSession, uri: str) -> dict:
     require_active(session)
     parts = upstream_uri(uri)

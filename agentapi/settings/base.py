@@ -445,3 +445,9 @@ SESSION_MAX_AGE_SECONDS = env.int("SESSION_MAX_AGE_SECONDS", default=86400)
 # A use slides the idle time in Redis at once; the database's copy (`last_active_at`, `expires_at`)
 # is written at most this often per session (sessions_app.liveness).
 SESSION_TOUCH_INTERVAL_SECONDS = env.int("SESSION_TOUCH_INTERVAL_SECONDS", default=60)
+# Each session's own directory (<root>/<organization id>/<session id>/, mode 0700), removed when it
+# ends; a stdio template's `{workspace}` argument names it. Shared storage when web processes and
+# workers run on several machines. Web processes end a workspace's stdio servers this often
+# after it is removed.
+SESSION_WORKSPACE_ROOT = env.str("SESSION_WORKSPACE_ROOT", default=str(BASE_DIR / "var" / "workspaces"))
+SESSION_WORKSPACE_CHECK_SECONDS = env.float("SESSION_WORKSPACE_CHECK_SECONDS", default=2.0)
