@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp bench-prompts clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-mcp: $(BIN)/.installed
 # Composing three prompt layers with injection screening against plain string joining.
 bench-prompts: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_prompts.py
+
+bench-sessions: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_sessions.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -29,7 +29,29 @@ log = logging.getLogger(__name__)
 def _key(configuration: MCPConfiguration, user_id) -> str:
     from mcp.credentials import target_for
 
-    return f"mcp:catalogue:{configuration.pk}:{configuration.revision}:{target_for(configuration, user_id).fingerprint}"
+    return key_for(configuration, target_for(configuration, user_id))
+
+
+def key_for(configuration: MCPConfiguration, target) -> str:
+    """The cache key of what `target` (the pool's Target for a caller) was listed."""
+    return f"mcp:catalogue:{configuration.pk}:{configuration.revision}:{target.fingerprint}"
+
+
+def cached_many(keys: list[str]) -> dict:
+    """The cached listings among `keys` (one round trip); what is missing is not in the answer."""
+    try:
+        found = cache.get_many(keys)
+    except Exception as exc:  # as _cache_get
+        log.warning("catalogue cache unavailable: %s", type(exc).__name__)
+        metrics.catalogue.labels("error").inc()
+        return {}
+    metrics.catalogue.labels("hit").inc(len(found))
+    return found
+
+
+def visible(configuration: MCPConfiguration, listed: list[dict], pending: set[str]) -> list[dict]:
+    """What callers may see of a listing: allowed, and not withheld."""
+    return [tool for tool in listed if configuration.tool_allowed(tool["name"]) and tool["name"] not in pending]
 
 
 def _cache_get(key):
@@ -65,7 +87,7 @@ def tools(configuration: MCPConfiguration, user_id, *, refresh: bool = False) ->
     pending = set(
         ToolPin.objects.filter(configuration=configuration, status=PinStatus.PENDING).values_list("name", flat=True)
     )
-    return [tool for tool in listed if configuration.tool_allowed(tool["name"]) and tool["name"] not in pending]
+    return visible(configuration, listed, pending)
 
 
 def withheld(configuration: MCPConfiguration, name: str) -> bool:

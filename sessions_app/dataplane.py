@@ -14,6 +14,7 @@ makes. The pipeline is the configuration's own (mcp.dataplane), with one more jo
 """
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -25,7 +26,7 @@ from agentapi.db import aio
 from agentapi.errors import APIError
 from agentapi.workers import in_worker
 from audit.recorders import deferred_security_events_async
-from mcp import catalogue
+from mcp import catalogue, proxy
 from mcp import dataplane as mcp_dataplane
 from mcp.api import serializers as s
 from mcp.models import MCPConfiguration, PinStatus, ToolPin
@@ -93,12 +94,36 @@ def _find_statement() -> aio.Statement:
     return aio.Statement("agentapi_session_server", sql)
 
 
+@cache
+def _servers_statement() -> aio.Statement:
+    """Every server attached to a session, in attach order: its prefix, its configuration and the
+    names of its tools that wait for approval."""
+    columns = [f'c."{MCPConfiguration._meta.get_field(name).column}"' for name in _configuration_attnames()]
+    in_scope = "NULLIF(current_setting('app.organization_ids', true), '')::bigint"
+    sql = (
+        f"SELECT ss.prefix, {', '.join(columns)}, "  # noqa: S608
+        f'ARRAY(SELECT p.name FROM "{ToolPin._meta.db_table}" p WHERE p.configuration_id = c.id AND p.status = %s) '
+        f'FROM "{SessionServer._meta.db_table}" ss '
+        f'JOIN "{MCPConfiguration._meta.db_table}" c ON c.id = ss.configuration_id '
+        f"WHERE ss.session_id = %s AND ss.organization_id = {in_scope} ORDER BY ss.id"
+    )
+    return aio.Statement("agentapi_session_servers", sql)
+
+
+@dataclass
+class Server:
+    prefix: str
+    configuration: MCPConfiguration
+    pending: set[str]
+
+
 @dataclass
 class Found:
     principal: Principal
     session: AgentSession
     configuration: MCPConfiguration | None  # the server the name points into, if attached
     withheld: bool
+    servers: list[Server] | None = None  # every attached server, when asked for
 
 
 def _session_id(value: str) -> str | None:
@@ -108,14 +133,18 @@ def _session_id(value: str) -> str | None:
         return None
 
 
-async def authenticate_and_find(request, session_id: str, *, prefix: str = "", tool: str = "", secrets=()) -> Found:
-    """The caller, their session `session_id` and its server `prefix`: one round trip. Another
-    user's or organization's session is NotFound; a session token is good for its own session
-    only."""
-    pk = _session_id(session_id)
-    statement = (_find_statement(), [tool, PinStatus.PENDING, prefix, pk or str(uuid.UUID(int=0))])
-    principal, (rows,) = await bearer_authenticate_async(
-        request.headers.get("authorization", ""), request.query, also=[statement], secrets=secrets
+async def authenticate_and_find(
+    request, session_id: str, *, prefix: str = "", tool: str = "", secrets=(), servers: bool = False
+) -> Found:
+    """The caller, their session `session_id` and its server `prefix` (with `servers`, every
+    attached server too): one round trip. Another user's or organization's session is NotFound;
+    a session token is good for its own session only."""
+    pk = _session_id(session_id) or str(uuid.UUID(int=0))
+    statements = [(_find_statement(), [tool, PinStatus.PENDING, prefix, pk])]
+    if servers:
+        statements.append((_servers_statement(), [PinStatus.PENDING, pk]))
+    principal, (rows, *server_rows) = await bearer_authenticate_async(
+        request.headers.get("authorization", ""), request.query, also=statements, secrets=secrets
     )
     if principal.subject is not None and principal.subject != pk:
         raise exceptions.AuthenticationFailed("This session token belongs to another session.")
@@ -131,7 +160,75 @@ async def authenticate_and_find(request, session_id: str, *, prefix: str = "", t
     if values[0] is not None:
         configuration = aio.instance(MCPConfiguration, _configuration_attnames(), values)
         configuration.organization = principal.organization
-    return Found(principal, session, configuration, bool(withheld))
+    found = Found(principal, session, configuration, bool(withheld))
+    if servers:
+        found.servers = []
+        for prefix_, *values, pending in server_rows[0]:
+            attached = aio.instance(MCPConfiguration, _configuration_attnames(), values)
+            attached.organization = principal.organization
+            found.servers.append(Server(prefix_, attached, set(pending)))
+    return found
+
+
+# A server's tools under a session's names, as last built in this process from the shared
+# catalogue, for LOCAL_CATALOGUE_SECONDS: keyed by the catalogue's own key (configuration,
+# revision, credential), the prefix, the allowed tools and the withheld ones, which come fresh from
+# the database with every request, so an approval or a withheld tool takes effect at once; what the
+# server itself lists is at most that much older than Redis's copy (itself MCP_CATALOGUE_TTL old).
+LOCAL_CATALOGUE_SECONDS = 5.0
+_built: dict[tuple, tuple[float, list[dict]]] = {}
+
+
+def _local_key(server: Server, key: str) -> tuple:
+    allowed = server.configuration.allowed_tools
+    return (key, server.prefix, tuple(allowed) if allowed is not None else None, frozenset(server.pending))
+
+
+def _keep(local_key: tuple, built: list[dict]) -> None:
+    now = time.monotonic()
+    if len(_built) > 10_000:  # forget what has expired rather than grow without end
+        for stale in [k for k, (at, _) in _built.items() if now - at >= LOCAL_CATALOGUE_SECONDS]:
+            del _built[stale]
+    _built[local_key] = (now, built)
+
+
+async def list_tools(found: Found) -> tuple[list[dict], list[tools.Unavailable]]:
+    """tools.list_tools natively: the servers came with authentication; their credentials are
+    kept per revision (mcp.dataplane.reach); their catalogues are read from Redis in one round trip
+    (or this process's copy of a few seconds); only a server whose catalogue is not cached is
+    listed (on a worker thread, as the management plane lists it)."""
+    tools.require_active(found.session)
+    user_id = found.session.user_id
+    built, unavailable, missing = {}, [], []
+    with workspaces.used_by(found.session):
+        for server in found.servers:
+            try:
+                proxy.require_enabled(server.configuration)
+                target = await mcp_dataplane.reach(server.configuration, user_id)
+            except APIError as exc:
+                unavailable.append(tools.unavailable_for(server.configuration.pk, server.prefix, exc))
+                continue
+            key = catalogue.key_for(server.configuration, target)
+            local = _built.get(_local_key(server, key))
+            if local is not None and time.monotonic() - local[0] < LOCAL_CATALOGUE_SECONDS:
+                built[server.prefix] = local[1]
+            else:
+                missing.append((server, key))
+        cached = await in_worker(catalogue.cached_many)([key for _, key in missing]) if missing else {}
+        for server, key in missing:
+            configuration = server.configuration
+            try:
+                if key in cached:
+                    visible = catalogue.visible(configuration, cached[key], server.pending)
+                else:
+                    visible = await in_worker(proxy.list_tools)(configuration=configuration, user_id=user_id)
+            except APIError as exc:
+                unavailable.append(tools.unavailable_for(configuration.pk, server.prefix, exc))
+                continue
+            built[server.prefix] = tools.session_tools(server.prefix, configuration.pk, visible)
+            _keep(_local_key(server, key), built[server.prefix])
+    listed = [tool for server in found.servers for tool in built.get(server.prefix, ())]
+    return listed, unavailable
 
 
 # -- the calls --------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ from sessions_app.models import AgentSession, SessionStatus
 log = logging.getLogger(__name__)
 
 _local_writes: dict[str, float] = {}
+# A process that recorded a use of a session this recently skips Redis for the next: the `seen`
+# time is kept in whole seconds, so nothing is lost but Redis round trips on a busy session.
+SEEN_RESOLUTION_SECONDS = 1.0
+_seen_here: dict[str, float] = {}
 _local_lock = threading.Lock()
 _client: redis.Redis | None = None
 
@@ -69,6 +73,11 @@ async def touch(session: AgentSession) -> None:
 
     now = time.time()
     sid = str(session.pk)
+    if now - _seen_here.get(sid, 0.0) < SEEN_RESOLUTION_SECONDS:
+        return
+    if len(_seen_here) > 100_000:
+        _seen_here.clear()
+    _seen_here[sid] = now
     shared = pool.shared_redis()
     due = None
     if shared is not None:

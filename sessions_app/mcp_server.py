@@ -38,6 +38,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from rest_framework import exceptions
 
 from agentapi import context as request_context
@@ -91,20 +92,35 @@ def _apierror_to_mcp(exc: APIError | exceptions.APIException) -> MCPError:
 
 async def _list_tools(ctx, params) -> types.ListToolsResult:
     found = _found()
-    listed, _unavailable = await in_worker(tools.list_tools)(found.session)
-    return types.ListToolsResult(
-        tools=[
-            types.Tool(
-                name=tool["name"],
-                title=tool.get("title"),
-                description=tool["description"],
-                input_schema=tool["input_schema"],
-                output_schema=tool.get("output_schema"),
-                annotations=tool.get("annotations"),
-            )
-            for tool in listed
-        ]
+    if found.servers is not None:
+        listed, _unavailable = await dataplane.list_tools(found)
+    else:
+        listed, _unavailable = await in_worker(tools.list_tools)(found.session)
+    return types.ListToolsResult(tools=[_as_mcp(tool) for tool in listed])
+
+
+# The MCP Tool made from a session tool, kept while the listing it came from is (the data plane
+# keeps its listings a few seconds: sessions_app.dataplane.LOCAL_CATALOGUE_SECONDS), so that a
+# listing in steady state builds and validates none of its tools again.
+_mcp_tools: dict[int, tuple[dict, types.Tool]] = {}
+
+
+def _as_mcp(tool: dict) -> types.Tool:
+    kept = _mcp_tools.get(id(tool))
+    if kept is not None and kept[0] is tool:
+        return kept[1]
+    made = types.Tool(
+        name=tool["name"],
+        title=tool.get("title"),
+        description=tool["description"],
+        input_schema=tool["input_schema"],
+        output_schema=tool.get("output_schema"),
+        annotations=tool.get("annotations"),
     )
+    if len(_mcp_tools) > 20_000:
+        _mcp_tools.clear()
+    _mcp_tools[id(tool)] = (tool, made)  # the dict is held, so its id is not reused meanwhile
+    return made
 
 
 async def _call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -232,15 +248,81 @@ async def _read_body(receive, headers: dict) -> bytes:
     return b"".join(chunks)
 
 
-def _routing(body: bytes) -> tuple[str, str]:
-    """(prefix, tool) the request is about, read from its JSON-RPC body; ("", "") when none."""
+def _message(body: bytes) -> dict:
+    """The JSON-RPC message the body holds (a batch, or anything else, as an empty one)."""
     try:
         message = json.loads(body) if body else None
     except ValueError:
-        return "", ""
-    if not isinstance(message, dict) or not isinstance(message.get("params"), dict):
-        return "", ""
-    method, params = message.get("method"), message["params"]
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+def _params(message: dict) -> dict:
+    params = message.get("params")
+    return params if isinstance(params, dict) else {}
+
+
+# -- tools/list, answered here ----------------------------------------------------------------
+#
+# Every agent lists its tools, and a session's list is long (100 tools for five servers). Through
+# the SDK's server, the result is validated and serialized by pydantic twice per request, which
+# measured 3.9 ms of CPU for 100 tools, most of a request (make bench-sessions). For the
+# handshake-era protocol versions, a tools/list request (one JSON-RPC request, an id, JSON
+# accepted) is answered here instead, from each tool's wire form, made once with the SDK's own
+# model (types.Tool, dumped as the SDK dumps it) and kept with the listing it came from. Every other
+# request, and every 2026-era one, goes to the SDK's server (tests/sessions/test_mcp_endpoint.py
+# checks that both answer a tools/list alike).
+DIRECT_TOOLS_LIST = True
+_tool_json: dict[int, tuple[dict, bytes]] = {}
+
+
+def _wire(tool: dict) -> bytes:
+    kept = _tool_json.get(id(tool))
+    if kept is not None and kept[0] is tool:
+        return kept[1]
+    dumped = _as_mcp(tool).model_dump(by_alias=True, mode="json", exclude_none=True)
+    made = json.dumps(dumped, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(_tool_json) > 20_000:
+        _tool_json.clear()
+    _tool_json[id(tool)] = (tool, made)
+    return made
+
+
+def _answers_tools_list(message: dict, headers: dict) -> bool:
+    version = headers.get("mcp-protocol-version")
+    return (
+        DIRECT_TOOLS_LIST
+        and message.get("method") == "tools/list"
+        and message.get("jsonrpc") == "2.0"
+        and isinstance(message.get("id"), (str, int))
+        and not isinstance(message.get("id"), bool)
+        and (version is None or version in HANDSHAKE_PROTOCOL_VERSIONS)
+        and "application/json" in headers.get("accept", "")
+        and "text/event-stream" in headers.get("accept", "")
+    )
+
+
+async def _tools_list(found: dataplane.Found, message: dict, send) -> None:
+    if found.servers is not None:
+        listed, _unavailable = await dataplane.list_tools(found)
+    else:
+        listed, _unavailable = await in_worker(tools.list_tools)(found.session)
+    body = b"".join(
+        [
+            b'{"jsonrpc":"2.0","id":',
+            json.dumps(message["id"]).encode(),
+            b',"result":{"tools":[',
+            b",".join(_wire(tool) for tool in listed),
+            b"]}}",
+        ]
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _routing(method: str | None, params: dict) -> tuple[str, str]:
+    """(prefix, tool) the request is about, from its JSON-RPC method and params; ("", "") when none."""
     if method in ("tools/call", "prompts/get") and isinstance(params.get("name"), str):
         parts = naming.split(params["name"])
         if parts is not None:
@@ -295,13 +377,20 @@ async def application(scope, receive, send, session_id: str) -> None:
     if scope["method"] not in ("POST", "GET", "DELETE"):
         raise exceptions.MethodNotAllowed(scope["method"])
     body = await _read_body(receive, headers) if scope["method"] == "POST" else b""
-    prefix, tool = _routing(body)
+    message = _message(body)
+    method = message.get("method")
+    prefix, tool = _routing(method, _params(message))
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     async with deferred_security_events_async():
         if _native():
             request = http.Request(scope["method"], scope["path"], headers, query, b"")
             found = await dataplane.authenticate_and_find(
-                request, session_id, prefix=prefix, tool=tool, secrets=(dataplane.session_token(),)
+                request,
+                session_id,
+                prefix=prefix,
+                tool=tool,
+                secrets=(dataplane.session_token(),),
+                servers=method == "tools/list",
             )
         else:
             found = await in_worker(_find_sync)(headers.get("authorization", ""), query, session_id, prefix)
@@ -311,6 +400,8 @@ async def application(scope, receive, send, session_id: str) -> None:
         if scope["method"] != "POST":
             # Stateless: no stream to open (GET) and no session to end (DELETE).
             raise exceptions.MethodNotAllowed(scope["method"])
+        if _answers_tools_list(message, headers):
+            return await _tools_list(found, message, send)
         await _manager_running()
         replayed = False
 

@@ -56,25 +56,28 @@ def servers_of(session: AgentSession) -> list[SessionServer]:
     return list(SessionServer.objects.filter(session=session).select_related("configuration").order_by("id"))
 
 
+def unavailable_for(configuration_id: int, prefix: str, exc: APIError) -> Unavailable:
+    return Unavailable(configuration_id, prefix, {"code": exc.error_code, "message": str(exc.detail)})
+
+
 def _each_server(session: AgentSession, list_one) -> tuple[list, list[Unavailable]]:
     found, unavailable = [], []
     for server in servers_of(session):
         try:
             found += list_one(server)
         except APIError as exc:
-            error = {"code": exc.error_code, "message": str(exc.detail)}
-            unavailable.append(Unavailable(server.configuration_id, server.prefix, error))
+            unavailable.append(unavailable_for(server.configuration_id, server.prefix, exc))
     return found, unavailable
 
 
-def _server_tools(server: SessionServer, user_id: int) -> list[dict]:
-    listed = proxy.list_tools(configuration=server.configuration, user_id=user_id)
-    names = naming.assign(server.prefix, [tool["name"] for tool in listed])
+def session_tools(prefix: str, configuration_id: int, listed: list[dict]) -> list[dict]:
+    """A server's visible tools under the session's names."""
+    names = naming.assign(prefix, [tool["name"] for tool in listed])
     return [
         {
             "name": names[tool["name"]],
             "tool": tool["name"],
-            "configuration": server.configuration_id,
+            "configuration": configuration_id,
             "title": tool.get("title"),
             "description": tool.get("description") or "",
             "input_schema": tool.get("inputSchema") or {"type": "object"},
@@ -83,6 +86,11 @@ def _server_tools(server: SessionServer, user_id: int) -> list[dict]:
         }
         for tool in listed
     ]
+
+
+def _server_tools(server: SessionServer, user_id: int) -> list[dict]:
+    listed = proxy.list_tools(configuration=server.configuration, user_id=user_id)
+    return session_tools(server.prefix, server.configuration_id, listed)
 
 
 @in_workspace

@@ -1,6 +1,6 @@
 """A real MCP server (fastmcp) for the tests, over Streamable HTTP on loopback or over stdio.
 
-    python tests/mcp/server.py --port 0 [--token SECRET] [--sse] [--sse-answers] [--odd-names]  (prints "PORT <n>")
+    python tests/mcp/server.py --port 0 [--token SECRET] [--sse] [--sse-answers] [--odd-names] [--extra-tools N]  (prints "PORT <n>")
     python tests/mcp/server.py --stdio
 
 Its tools cover every MCP content type and the faults the platform must survive: a tool that is
@@ -258,7 +258,15 @@ def main():
     parser.add_argument("--sse-answers", action="store_true", help="answer requests with SSE streams, not JSON")
     parser.add_argument("--oauth", action="store_true", help="demand OAuth: fastmcp's own authorization server")
     parser.add_argument("--odd-names", action="store_true", help="also tools whose names models would refuse")
+    parser.add_argument("--extra-tools", type=int, default=0, help="also this many tools extra_1, extra_2...")
     options = parser.parse_args()
+    for number in range(1, options.extra_tools + 1):
+
+        def extra(text: str) -> str:
+            """One of many tools, for listing benchmarks."""
+            return text
+
+        server.tool(name=f"extra_{number}")(extra)
     if options.odd_names:
         # Names MCP allows and model APIs do not: a dot and a slash; 76 characters.
         def say(text: str) -> str:

@@ -231,3 +231,21 @@ def test_bad_input_at_the_endpoint_is_never_a_server_error(alice_api, http_serve
     for url in (path, "/mcp/sessions/not-a-uuid/", f"/mcp/sessions/{'0' * 36}/"):
         response = alice_api.request("put", url, "{}", **accept)
         assert 400 <= response.status_code < 500 and set(response.json()) == {"error"}
+
+
+def test_tools_list_answered_directly_is_what_the_sdks_server_answers(alice_api, http_server, monkeypatch):
+    from sessions_app import mcp_server
+
+    one = configure(alice_api, name="one", url=http_server.url)
+    two = configure(alice_api, name="two", url=http_server.url)
+    session = open_session(alice_api, one["id"], two["id"])
+    path = f"/mcp/sessions/{session['id']}/"
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+               "Authorization": f"Bearer {session['mcp_token']}"}  # fmt: skip
+    request = {"jsonrpc": "2.0", "id": "list-1", "method": "tools/list", "params": {}}
+    direct = alice_api.request("post", path, request, **headers)
+    monkeypatch.setattr(mcp_server, "DIRECT_TOOLS_LIST", False)
+    through_sdk = alice_api.request("post", path, request, **headers)
+    assert direct.status_code == through_sdk.status_code == 200
+    assert direct.json() == through_sdk.json()
+    assert len(direct.json()["result"]["tools"]) > 10 and direct.json()["id"] == "list-1"
