@@ -43,7 +43,6 @@ from rest_framework import exceptions
 
 from agentapi import context as request_context
 from agentapi import dataplane as http
-from agentapi.db import aio
 from agentapi.db.scope import DatabaseScope, use_scope
 from agentapi.errors import APIError, request_too_large
 from agentapi.workers import in_worker
@@ -78,7 +77,8 @@ def _found() -> dataplane.Found:
 
 
 def _native() -> bool:
-    return aio.available()
+    """Async database access (PostgreSQL, the data plane on); else the ORM on a worker thread."""
+    return http.enabled()
 
 
 # -- the handlers -----------------------------------------------------------------------------

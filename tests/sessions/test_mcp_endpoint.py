@@ -21,7 +21,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 
 from audit.models import AuditEvent
 from tenants import scoping
-from tests.conftest import committed, make_key
+from tests.conftest import Api, committed, make_key
 from tests.mcp.conftest import configure
 
 pytestmark = committed
@@ -249,3 +249,24 @@ def test_tools_list_answered_directly_is_what_the_sdks_server_answers(alice_api,
     assert direct.status_code == through_sdk.status_code == 200
     assert direct.json() == through_sdk.json()
     assert len(direct.json()["result"]["tools"]) > 10 and direct.json()["id"] == "list-1"
+
+
+def test_the_embedded_profiles_way_serves_the_same_endpoint(alice, alice_api, bob, http_server, settings):
+    """Without the data plane's async database access (as on SQLite), the ORM on a worker thread."""
+    settings.DATA_PLANE_ENABLED = False
+    server = configure(alice_api, name="tests", url=http_server.url)
+    session = open_session(alice_api, server["id"])
+    path = f"/mcp/sessions/{session['id']}/"
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    for credential in (session["mcp_token"], make_key(alice, "embedded")):
+        auth = {**headers, "Authorization": f"Bearer {credential}"}
+        listed = alice_api.request("post", path, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, **auth)
+        assert listed.status_code == 200 and "tests__echo" in str(listed.json()), listed.content[:300]
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "tests__echo", "arguments": {"text": "embedded"}}}  # fmt: skip
+        called = alice_api.request("post", path, call, **auth)
+        assert called.json()["result"]["content"][0]["text"] == "embedded"
+    for credential, status in ((make_key(bob, "bob"), 404), ("ast_unknown", 401), (None, 401)):
+        auth = {**headers, **({"Authorization": f"Bearer {credential}"} if credential else {})}
+        refused = Api().request("post", path, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, **auth)
+        assert refused.status_code == status, refused.content
