@@ -198,6 +198,7 @@ async def list_tools(found: Found) -> tuple[list[dict], list[tools.Unavailable]]
     (or this process's copy of a few seconds); only a server whose catalogue is not cached is
     listed (on a worker thread, as the management plane lists it)."""
     tools.require_active(found.session)
+    await liveness.touch(found.session)  # listing is a use too (Redis at most once a second)
     user_id = found.session.user_id
     built, unavailable, missing = {}, [], []
     with workspaces.used_by(found.session):

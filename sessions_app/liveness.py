@@ -54,6 +54,18 @@ def _locally_due(session_id: str, now: float) -> bool:
         return True
 
 
+def _seen_just_now(session_id: str, now: float) -> bool:
+    """Whether this process recorded a use of the session within SEEN_RESOLUTION_SECONDS (and if
+    not, that it does now)."""
+    with _local_lock:
+        if now - _seen_here.get(session_id, 0.0) < SEEN_RESOLUTION_SECONDS:
+            return True
+        if len(_seen_here) > 100_000:
+            _seen_here.clear()
+        _seen_here[session_id] = now
+        return False
+
+
 def _update_sql() -> str:
     table = AgentSession._meta.db_table
     return (
@@ -73,11 +85,8 @@ async def touch(session: AgentSession) -> None:
 
     now = time.time()
     sid = str(session.pk)
-    if now - _seen_here.get(sid, 0.0) < SEEN_RESOLUTION_SECONDS:
+    if _seen_just_now(sid, now):
         return
-    if len(_seen_here) > 100_000:
-        _seen_here.clear()
-    _seen_here[sid] = now
     shared = pool.shared_redis()
     due = None
     if shared is not None:
@@ -111,6 +120,8 @@ def touch_sync(session: AgentSession) -> None:
     """touch() for synchronous code (the management plane's views, the embedded profile)."""
     now = time.time()
     sid = str(session.pk)
+    if _seen_just_now(sid, now):
+        return
     due = None
     client = _sync_client()
     if client is not None:

@@ -97,6 +97,7 @@ def _server_tools(server: SessionServer, user_id: int) -> list[dict]:
 def list_tools(session: AgentSession) -> tuple[list[dict], list[Unavailable]]:
     """Every tool the session may call, by its session name."""
     require_active(session)
+    liveness.touch_sync(session)
     return _each_server(session, lambda server: _server_tools(server, session.user_id))
 
 
