@@ -10,7 +10,7 @@ from django.urls import path
 
 from agentapi.errors import APIError
 from sessions_app import prompts, services
-from sessions_app.models import AgentSession, PromptVersion, SessionServer, SystemPrompt
+from sessions_app.models import AgentBackend, AgentSession, PromptVersion, SessionServer, SystemPrompt
 from tenants import scoping
 from tenants.admin import TenantScopedAdmin
 from tenants.models import Membership
@@ -144,3 +144,29 @@ class AgentSessionAdmin(TenantScopedAdmin):
             except APIError as exc:
                 self.message_user(request, f"{session}: {exc.detail}", messages.WARNING)
         self.message_user(request, f"{extended} session(s) extended.", messages.SUCCESS)
+
+
+@admin.register(AgentBackend)
+class AgentBackendAdmin(TenantScopedAdmin):
+    """Read-only here for now: backends are written through /api/v1/agents/ (roles, URL checks,
+    sealing, audit). The key is never shown, only whether there is one."""
+
+    list_display = ["name", "kind", "organization", "model", "base_url", "enabled", "updated_at"]
+    list_filter = ["kind", "enabled"]
+    search_fields = ["name", "model", "organization__slug"]
+    fields = ["organization", "name", "kind", "base_url", "model", "has_api_key", "settings", "enabled", "revision",
+              "created_at", "updated_at"]  # fmt: skip
+    readonly_fields = fields
+
+    @admin.display(boolean=True, description="API key set")
+    def has_api_key(self, backend):
+        return bool(backend.api_key_sealed)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from agentapi.crypto import keyring
+from tenants import secrets
 from tenants.models import TenantManager, TenantModel
 
 
@@ -113,6 +115,86 @@ class PromptVersion(models.Model):
         return f"{self.name} v{self.version}"
 
 
+class AgentKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible Chat Completions"
+    ANTHROPIC = "anthropic", "Anthropic Messages"
+    AGENTAPI = "agentapi", "coder/agentapi (a terminal agent)"
+
+
+# What a backend's `settings` may hold, with their defaults (sessions_app.agents checks them).
+AGENT_SETTINGS_DEFAULTS = {"temperature": None, "max_output_tokens": None, "max_steps": 20, "run_timeout_seconds": 600}
+
+
+class AgentBackendManager(TenantManager):
+    """Backends of the organizations in scope, and the platform's (every organization may use them)."""
+
+    def get_queryset(self):
+        return models.Manager.get_queryset(self).filter(
+            Q(organization__in_current_scope=True) | Q(organization__isnull=True)
+        )
+
+
+class AgentBackend(models.Model):
+    """What runs a session's agent: a model behind an OpenAI-compatible or Anthropic API, or a
+    coder/agentapi server in front of a terminal agent. Its API key is sealed (the organization's
+    data key; the platform's backends under the master keyring) and never shown."""
+
+    organization = models.ForeignKey(
+        "tenants.Organization", null=True, blank=True, on_delete=models.CASCADE, related_name="+",
+        help_text="Empty: the platform's, for every organization.",
+    )  # fmt: skip
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.SlugField(max_length=63)
+    kind = models.CharField(max_length=16, choices=AgentKind.choices)
+    base_url = models.URLField(max_length=2048, help_text="Checked against the outbound rules; pinned when dialled.")
+    model = models.CharField(max_length=200, blank=True, help_text="The model name (openai and anthropic kinds).")
+    api_key_sealed = models.TextField(blank=True, editable=False)
+    settings = models.JSONField(
+        default=dict, blank=True, help_text="temperature, max_output_tokens, max_steps, run_timeout_seconds"
+    )
+    enabled = models.BooleanField(default=True)
+    revision = models.PositiveIntegerField(default=1, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = AgentBackendManager()
+
+    class Meta:
+        verbose_name = "agent backend"
+        verbose_name_plural = "agent backends"
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "name"], name="agent_backend_unique_name", nulls_distinct=False
+            )
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def _context(self) -> str:
+        return f"sessions.agent:{self.organization_id or 'platform'}:{self.uuid}:api_key"
+
+    def set_api_key(self, key: str) -> None:
+        if not key:
+            self.api_key_sealed = ""
+        elif self.organization_id is None:
+            self.api_key_sealed = keyring().encrypt(key, context=self._context())
+        else:
+            self.api_key_sealed = secrets.seal(self.organization_id, key, context=self._context())
+
+    def api_key(self) -> str:
+        """Raises DecryptionError; "" when it has none."""
+        if not self.api_key_sealed:
+            return ""
+        if self.organization_id is None:
+            return keyring().decrypt(self.api_key_sealed, context=self._context())
+        return secrets.unseal(self.organization_id, self.api_key_sealed, context=self._context())
+
+    def setting(self, name: str):
+        return (self.settings or {}).get(name, AGENT_SETTINGS_DEFAULTS[name])
+
+
 class SessionStatus(models.TextChoices):
     ACTIVE = "active", "Active"
     CLOSED = "closed", "Closed"
@@ -126,6 +208,10 @@ class AgentSession(TenantModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     name = models.CharField(max_length=200, blank=True)
+    agent = models.ForeignKey(
+        AgentBackend, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Empty: a tools-only session.",
+    )  # fmt: skip
     status = models.CharField(max_length=16, choices=SessionStatus.choices, default=SessionStatus.ACTIVE)
     system_prompt = models.TextField(blank=True)
     prompt_layers = models.JSONField(default=list, blank=True, help_text="The layers and versions composed.")

@@ -19,7 +19,7 @@ from django.utils import timezone
 from agentapi.errors import APIError
 from audit.services import audit_record
 from mcp import services as mcp_services
-from sessions_app import liveness, naming, prompts, workspaces
+from sessions_app import agents, liveness, naming, prompts, workspaces
 from sessions_app.models import AgentSession, SessionServer, SessionStatus
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES, Membership
@@ -62,7 +62,7 @@ def _configurations(principal: Principal, ids: list[int] | None):
 
 @transaction.atomic
 def session_create(
-    *, principal: Principal, name: str = "", mcp_configurations=None, metadata=None, variables=None
+    *, principal: Principal, name: str = "", mcp_configurations=None, metadata=None, variables=None, agent=None
 ) -> tuple[AgentSession, str]:
     """Open a session for the caller. Returns it and its session token (never stored)."""
     # The member's own row, locked: concurrent creates by this user queue here.
@@ -79,6 +79,7 @@ def session_create(
             status=409,
         )
     configurations = _configurations(principal, mcp_configurations)
+    backend = agents.usable(principal, agent) if agent is not None else None
     composed = prompts.compose(
         principal=principal,
         variables=variables or {},
@@ -91,6 +92,7 @@ def session_create(
         organization=principal.organization,
         user_id=principal.membership.user_id,
         name=name,
+        agent=backend,
         system_prompt=composed["prompt"],
         prompt_layers=composed["layers"],
         metadata=metadata or {},
@@ -118,6 +120,7 @@ def session_create(
         organization_id=session.organization_id,
         details={
             "user_id": session.user_id,
+            "agent": session.agent_id,
             "mcp_configurations": [configuration.pk for configuration in configurations],
             "prompt_layers": [[layer["id"], layer["version"]] for layer in composed["layers"]],
         },

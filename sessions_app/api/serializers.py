@@ -1,7 +1,15 @@
 from django.utils import timezone
 from rest_framework import serializers
 
-from sessions_app.models import AgentSession, PromptScope, PromptVersion, SystemPrompt
+from sessions_app.models import (
+    AGENT_SETTINGS_DEFAULTS,
+    AgentBackend,
+    AgentKind,
+    AgentSession,
+    PromptScope,
+    PromptVersion,
+    SystemPrompt,
+)
 from sessions_app.templating import MAX_OUTPUT
 
 
@@ -81,7 +89,7 @@ class AgentSessionSerializer(serializers.ModelSerializer):
         return [server.configuration_id for server in session.servers.all()]
 
     def get_agent(self, session) -> int | None:
-        return None  # a tools-only session (agents come with their own issue)
+        return session.agent_id  # None: a tools-only session
 
     def get_mcp_url(self, session) -> str:
         path = f"/mcp/sessions/{session.id}/"
@@ -109,3 +117,56 @@ class AgentSessionCreateSerializer(serializers.Serializer):
     )
     metadata = serializers.DictField(required=False, default=dict)
     variables = serializers.DictField(required=False, default=dict, help_text="For the system prompt's templates.")
+    agent = serializers.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False, allow_null=True, default=None,
+        help_text="An agent backend of the organization or the platform; none: a tools-only session.",
+    )  # fmt: skip
+
+
+_SETTINGS_HELP = "temperature (0-2), max_output_tokens, max_steps (default 20), run_timeout_seconds (default 600)"
+
+
+class AgentBackendSerializer(serializers.ModelSerializer):
+    platform = serializers.SerializerMethodField()
+    has_api_key = serializers.SerializerMethodField()
+    settings = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AgentBackend
+        fields = ["id", "name", "kind", "platform", "base_url", "model", "has_api_key", "settings", "enabled",
+                  "created_at", "updated_at"]  # fmt: skip
+        read_only_fields = fields
+
+    def get_platform(self, backend) -> bool:
+        return backend.organization_id is None
+
+    def get_has_api_key(self, backend) -> bool:
+        return bool(backend.api_key_sealed)
+
+    def get_settings(self, backend) -> dict:
+        return {name: backend.setting(name) for name in AGENT_SETTINGS_DEFAULTS}
+
+
+class AgentBackendCreateSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=63)
+    kind = serializers.ChoiceField(choices=AgentKind.choices)
+    platform = serializers.BooleanField(
+        default=False, help_text="Operators only: a backend every organization may use."
+    )
+    base_url = serializers.URLField(max_length=2048)
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    api_key = serializers.CharField(
+        max_length=4096, required=False, allow_blank=True, default="", write_only=True, trim_whitespace=False
+    )
+    settings = serializers.JSONField(required=False, default=dict, help_text=_SETTINGS_HELP)
+    enabled = serializers.BooleanField(default=True)
+
+
+class AgentBackendUpdateSerializer(serializers.Serializer):
+    base_url = serializers.URLField(max_length=2048, required=False)
+    model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    api_key = serializers.CharField(
+        max_length=4096, required=False, allow_blank=True, write_only=True, trim_whitespace=False
+    )
+    settings = serializers.JSONField(required=False, help_text=_SETTINGS_HELP)
+    enabled = serializers.BooleanField(required=False)

@@ -12,8 +12,9 @@ from rest_framework.response import Response
 from agentapi.errors import APIError
 from agentapi.pagination import CursorPagination
 from mcp.api import serializers as mcp_serializers
-from sessions_app import prompts, services, tools
+from sessions_app import agents, prompts, services, tools
 from sessions_app.api import serializers as s
+from sessions_app.models import AgentBackend
 from tenants.api.base import IsOrganizationMember, TenantViewSet
 
 
@@ -176,3 +177,34 @@ class SessionToolsViewSet(TenantViewSet):
         session = self.get_object()
         data = self._valid(mcp_serializers.PromptGetSerializer)
         return Response(tools.get_prompt(session, data["name"], data["arguments"]))
+
+
+class AgentBackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
+    """The backends the organization's sessions may use: its own (owners and admins manage them)
+    and the platform's (operators manage them). The API key is write-only."""
+
+    permission_classes = [IsOrganizationMember]
+    serializer_class = s.AgentBackendSerializer
+
+    def get_queryset(self):
+        return AgentBackend.objects.order_by("id")
+
+    @extend_schema(request=s.AgentBackendCreateSerializer, responses={201: s.AgentBackendSerializer})
+    def create(self, request):
+        data = s.AgentBackendCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        backend = agents.agent_create(principal=self.principal, **data.validated_data)
+        return Response(s.AgentBackendSerializer(backend).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.AgentBackendUpdateSerializer, responses=s.AgentBackendSerializer)
+    def partial_update(self, request, pk=None):
+        backend = self.get_object()  # before the body: another organization's id is 404
+        data = s.AgentBackendUpdateSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        backend = agents.agent_update(principal=self.principal, backend=backend, **data.validated_data)
+        return Response(s.AgentBackendSerializer(backend).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        agents.agent_delete(principal=self.principal, backend=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)

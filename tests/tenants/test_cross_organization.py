@@ -74,6 +74,15 @@ def a_prompt(organization):
         ).pk
 
 
+def an_agent(organization):
+    from sessions_app.models import AgentBackend
+
+    with scoping.organization_scope(organization):
+        return AgentBackend.objects.create(
+            organization=organization, name="target", kind="openai", base_url="https://llm.example/v1", model="m"
+        ).pk
+
+
 def a_session(organization):
     from datetime import timedelta
 
@@ -110,6 +119,7 @@ DETAIL_ROUTES = {
     "prompt-versions": a_prompt,
     "prompt-rollback": a_prompt,
     "agent-session-detail": a_session,
+    "agent-detail": an_agent,
     **dict.fromkeys(SESSION_TOOL_ROUTES, a_session),
 }
 LIST_ROUTES = {
@@ -121,6 +131,7 @@ LIST_ROUTES = {
     "oauth-token-list": "/api/v1/oauth/tokens/",
     "prompt-list": "/api/v1/prompts/",
     "agent-session-list": "/api/v1/sessions/",
+    "agent-list": "/api/v1/agents/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
 ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize", "prompt-compose"}
@@ -203,6 +214,8 @@ def test_lists_never_show_another_organizations_objects(route, alice, alice_api,
     a_prompt(globex)
     a_session(acme)
     a_session(globex)
+    an_agent(acme)
+    an_agent(globex)
     make_key(alice)
     make_member(acme, "zed@acme.test", "admin")
     alice_api.post("/api/v1/api-keys/", {"name": "more"})

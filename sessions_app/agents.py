@@ -1,0 +1,139 @@
+"""Agent backends: what runs a session's agent (DESIGN.md; the agents issue).
+
+An organization's owners and admins manage its backends; operators manage the platform's, which
+every organization may use. Members see them (never a key) and choose one when they open a session.
+Every URL passes the outbound rules when saved (and again, pinned, when dialled); the API key is
+sealed and write-only; every change is audited without the key. Changing how a backend is
+reached (its URL, model or key) bumps its revision.
+"""
+
+from django.db import transaction
+
+from agentapi import outbound
+from agentapi.errors import APIError
+from audit.services import audit_record
+from sessions_app.models import AGENT_SETTINGS_DEFAULTS, AgentBackend
+from tenants.authentication import Principal
+from tenants.models import MANAGER_ROLES
+
+# Inclusive bounds of each setting (None: unset, the backend's own default applies).
+_BOUNDS = {
+    "temperature": (0.0, 2.0, float),
+    "max_output_tokens": (1, 1_000_000, int),
+    "max_steps": (1, 200, int),
+    "run_timeout_seconds": (1, 86_400, int),
+}
+
+
+def _invalid(field: str, message: str) -> APIError:
+    return APIError("invalid", message, status=400, details={field: [message]})
+
+
+def may_write(principal: Principal, *, platform: bool) -> None:
+    allowed = principal.membership.user.is_superuser if platform else principal.role in MANAGER_ROLES
+    if not allowed:
+        who = "operators" if platform else "owners and admins"
+        raise APIError("permission_denied", f"Only {who} may change these agent backends.", status=403)
+
+
+def check_settings(value) -> dict:
+    """The backend's settings, checked: known names, numbers within bounds (booleans are not numbers)."""
+    if not isinstance(value, dict):
+        raise _invalid("settings", "An object: temperature, max_output_tokens, max_steps, run_timeout_seconds.")
+    unknown = sorted(set(value) - set(AGENT_SETTINGS_DEFAULTS))
+    if unknown:
+        raise _invalid("settings", f"Unknown settings: {', '.join(unknown)}.")
+    checked = {}
+    for name, setting in value.items():
+        low, high, kind = _BOUNDS[name]
+        if setting is None:
+            continue
+        number_ok = isinstance(setting, (int, float)) and not isinstance(setting, bool)
+        if not number_ok or (kind is int and float(setting) != int(setting)) or not low <= setting <= high:
+            raise _invalid(
+                "settings", f"{name} is {'a whole number' if kind is int else 'a number'} from {low} to {high}."
+            )
+        checked[name] = kind(setting)
+    return checked
+
+
+def _check_url(url: str) -> None:
+    try:
+        outbound.check_url(url)
+    except outbound.OutboundURLRefused as exc:
+        raise APIError(exc.code, str(exc), status=400, details={"base_url": [str(exc)]}) from None
+
+
+def _check_kind_fields(kind: str, model: str) -> None:
+    if kind in ("openai", "anthropic") and not model:
+        raise _invalid("model", f"A {kind} backend names its model.")
+
+
+@transaction.atomic
+def agent_create(
+    *, principal: Principal, platform: bool, name: str, kind: str, base_url: str, model: str = "", api_key: str = "",
+    settings=None, enabled: bool = True,
+) -> AgentBackend:  # fmt: skip
+    may_write(principal, platform=platform)
+    organization = None if platform else principal.organization
+    if AgentBackend.objects.filter(organization=organization, name=name).exists():
+        raise APIError("conflict", f"An agent backend named {name!r} already exists.", status=409)
+    _check_url(base_url)
+    _check_kind_fields(kind, model)
+    backend = AgentBackend(
+        organization=organization, name=name, kind=kind, base_url=base_url, model=model,
+        settings=check_settings({} if settings is None else settings), enabled=enabled,
+    )  # fmt: skip
+    backend.set_api_key(api_key)
+    backend.save()
+    audit_record(
+        "agent.create",
+        target=backend,
+        organization_id=backend.organization_id,
+        details={"name": name, "kind": kind, "platform": platform, "has_api_key": bool(api_key)},
+    )
+    return backend
+
+
+@transaction.atomic
+def agent_update(*, principal: Principal, backend: AgentBackend, api_key=None, **changes) -> AgentBackend:
+    may_write(principal, platform=backend.organization_id is None)
+    if "settings" in changes:
+        changes["settings"] = check_settings(changes["settings"])
+    if "base_url" in changes:
+        _check_url(changes["base_url"])
+    _check_kind_fields(backend.kind, changes.get("model", backend.model))
+    changed = sorted(name for name, value in changes.items() if getattr(backend, name) != value)
+    for name, value in changes.items():
+        setattr(backend, name, value)
+    if api_key is not None:
+        backend.set_api_key(api_key)
+        changed.append("api_key")
+    if changed:
+        if {"base_url", "model", "api_key"} & set(changed):
+            backend.revision += 1
+        backend.save()
+        audit_record(
+            "agent.update",
+            target=backend,
+            organization_id=backend.organization_id,
+            details={"changed": sorted(changed)},
+        )
+    return backend
+
+
+@transaction.atomic
+def agent_delete(*, principal: Principal, backend: AgentBackend) -> None:
+    may_write(principal, platform=backend.organization_id is None)
+    audit_record(
+        "agent.delete", target=backend, organization_id=backend.organization_id, details={"name": backend.name}
+    )
+    backend.delete()
+
+
+def usable(principal: Principal, pk) -> AgentBackend:
+    """The backend a member names for a session: the organization's or the platform's, enabled."""
+    backend = AgentBackend.objects.filter(pk=pk, enabled=True).first() if isinstance(pk, int) else None
+    if backend is None:
+        raise _invalid("agent", "No such agent backend, or it is disabled.")
+    return backend
