@@ -159,3 +159,37 @@ def test_the_management_plane_serves_the_same_calls_where_the_data_plane_does_no
         f"{SESSIONS}{session['id']}/prompts/get/", {"name": "plain__review", "arguments": {"language": "C"}}
     )
     assert got.status_code == 200, got.content
+
+
+def test_a_withheld_tool_is_neither_listed_nor_called_through_the_session_then_is_once_approved(alice_api, acme):
+    from tenants import services
+
+    server = RunningServer()
+    try:
+        services.organization_update(organization=acme, settings={**acme.settings, "withhold_changed_tools": True})
+        configuration = configure(alice_api, name="own", url=server.url)
+        session = open_session(alice_api, configuration["id"])
+        path = f"{SESSIONS}{session['id']}"
+        assert "own__echo" in [t["name"] for t in alice_api.get(f"{path}/tools/").json()["tools"]]
+        server.mutate()
+        alice_api.get(f"/api/v1/mcp/configurations/{configuration['id']}/tools/?refresh=true")  # sees the change
+        mcp = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+               "Authorization": f"Bearer {session['mcp_token']}"}  # fmt: skip
+        request = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        for names in (
+            [t["name"] for t in alice_api.get(f"{path}/tools/").json()["tools"]],
+            [t["name"] for t in alice_api.request("post", f"/mcp/sessions/{session['id']}/", request, **mcp).json()["result"]["tools"]],
+        ):  # fmt: skip
+            assert "own__echo" not in names and "own__add" in names
+        refused = alice_api.post(f"{path}/tools/call/", {"name": "own__echo", "arguments": {"text": "x"}})
+        assert refused.status_code == 409 and error_of(refused)["code"] == "tool_pending_approval"
+        assert (
+            alice_api.post(
+                f"/api/v1/mcp/configurations/{configuration['id']}/pins/approve/", {"name": "echo"}
+            ).status_code
+            == 200
+        )
+        listed = alice_api.request("post", f"/mcp/sessions/{session['id']}/", request, **mcp).json()["result"]["tools"]
+        assert "own__echo" in [t["name"] for t in listed]  # at once: withheld tools come fresh every request
+    finally:
+        server.stop()
