@@ -318,6 +318,8 @@ SPECTACULAR_SETTINGS = {
         "MCPConfigurationStatusEnum": "mcp.models.Status",
         "ToolPinStatusEnum": "mcp.models.PinStatus",
         "APIKeyStatusEnum": [("active", "active"), ("expired", "expired"), ("revoked", "revoked")],
+        "AgentKindEnum": "sessions_app.models.AgentKind",
+        "OAuthProviderKindEnum": "oauth.models.Kind",
     },
 }
 
