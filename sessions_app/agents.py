@@ -137,3 +137,24 @@ def usable(principal: Principal, pk) -> AgentBackend:
     if backend is None:
         raise _invalid("agent", "No such agent backend, or it is disabled.")
     return backend
+
+
+def agent_test(*, principal: Principal, backend: AgentBackend) -> dict:
+    """Send the backend one tiny request (sessions_app.agent_loop.probe); audited, never the reply."""
+    import asyncio
+
+    from sessions_app import agent_loop
+
+    may_write(principal, platform=backend.organization_id is None)
+    result = asyncio.run(agent_loop.probe(backend))
+    audit_record(
+        "agent.test",
+        target=backend,
+        organization_id=principal.organization.pk,
+        outcome="success" if result["ok"] else "failure",
+        details={
+            "latency_ms": result["latency_ms"],
+            **({"error": result["error"]["code"]} if not result["ok"] else {}),
+        },
+    )
+    return result

@@ -453,3 +453,5 @@ SESSION_TOUCH_INTERVAL_SECONDS = env.int("SESSION_TOUCH_INTERVAL_SECONDS", defau
 # after it is removed.
 SESSION_WORKSPACE_ROOT = env.str("SESSION_WORKSPACE_ROOT", default=str(BASE_DIR / "var" / "workspaces"))
 SESSION_WORKSPACE_CHECK_SECONDS = env.float("SESSION_WORKSPACE_CHECK_SECONDS", default=2.0)
+# How long an agent backend's test (one tiny request) may take.
+AGENT_PROBE_TIMEOUT = env.float("AGENT_PROBE_TIMEOUT", default=20.0)

@@ -208,3 +208,9 @@ class AgentBackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     def destroy(self, request, pk=None):
         agents.agent_delete(principal=self.principal, backend=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses=_RESULT)
+    @action(detail=True, methods=["post"])
+    def test(self, request, pk=None):
+        """Send the backend one tiny request: `ok`, `latency_ms`, and `reply` or `error`."""
+        return Response(agents.agent_test(principal=self.principal, backend=self.get_object()))

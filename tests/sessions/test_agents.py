@@ -100,3 +100,41 @@ def test_a_session_opens_with_a_backend_it_may_use(alice_api, bob_api, charlie_a
     disabled = bob_api.post("/api/v1/sessions/", {"agent": backend["id"]})
     assert disabled.status_code == 400
     assert bob_api.post("/api/v1/sessions/", {}).json()["agent"] is None  # tools only
+
+
+@pytest.fixture(scope="module")
+def double():
+    from tests.sessions.model_doubles import ModelDouble
+
+    return ModelDouble()
+
+
+@pytest.mark.parametrize("kind, path", [("openai", "/v1"), ("anthropic", ""), ("agentapi", "/agentapi")])
+def test_the_test_action_sends_one_tiny_request_and_never_shows_the_key(kind, path, alice_api, bob_api, double, acme):
+    double.requests.clear()
+    double.fail_with = None
+    backend = create(alice_api, name=kind, kind=kind, base_url=double.url + path, model="m-1", api_key=KEY).json()
+    assert bob_api.post(f"{AGENTS}{backend['id']}/test/").status_code == 403
+    tested = alice_api.post(f"{AGENTS}{backend['id']}/test/")
+    assert tested.status_code == 200, tested.content
+    result = tested.json()
+    assert result["ok"] is True and result["latency_ms"] > 0 and KEY not in tested.content.decode()
+    assert result["reply"] == ("status: stable" if kind == "agentapi" else "OK")
+    (sent,) = double.requests
+    if kind == "openai":
+        assert sent["headers"]["authorization"] == f"Bearer {KEY}" and sent["body"]["model"] == "m-1"
+    elif kind == "anthropic":
+        # This Anthropic SDK sends the key as a bearer token; older ones sent x-api-key.
+        assert KEY in (
+            sent["headers"].get("x-api-key"),
+            sent["headers"].get("authorization", "").removeprefix("Bearer "),
+        )
+        assert sent["body"]["max_tokens"] == 16
+    double.fail_with = 401
+    failed = alice_api.post(f"{AGENTS}{backend['id']}/test/").json()
+    assert failed["ok"] is False and failed["error"]["code"] == "agent_unreachable"
+    assert KEY not in str(failed) and "double says no" not in str(failed)
+    double.fail_with = None
+    with scoping.organization_scope(acme):
+        outcomes = list(AuditEvent.objects.filter(action="agent.test").values_list("outcome", flat=True).order_by("id"))
+    assert outcomes[-2:] == ["success", "failure"]

@@ -120,6 +120,7 @@ DETAIL_ROUTES = {
     "prompt-rollback": a_prompt,
     "agent-session-detail": a_session,
     "agent-detail": an_agent,
+    "agent-test": an_agent,
     **dict.fromkeys(SESSION_TOOL_ROUTES, a_session),
 }
 LIST_ROUTES = {
