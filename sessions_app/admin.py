@@ -9,7 +9,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from agentapi.errors import APIError
-from sessions_app import prompts, services
+from sessions_app import agents, prompts, services
 from sessions_app.models import AgentBackend, AgentSession, PromptVersion, SessionServer, SystemPrompt
 from tenants import scoping
 from tenants.admin import TenantScopedAdmin
@@ -149,7 +149,8 @@ class AgentSessionAdmin(TenantScopedAdmin):
 @admin.register(AgentBackend)
 class AgentBackendAdmin(TenantScopedAdmin):
     """Read-only here for now: backends are written through /api/v1/agents/ (roles, URL checks,
-    sealing, audit). The key is never shown, only whether there is one."""
+    sealing, audit). The key is never shown, only whether there is one. The test action sends each
+    selected backend one tiny request (audited)."""
 
     list_display = ["name", "kind", "organization", "model", "base_url", "enabled", "updated_at"]
     list_filter = ["kind", "enabled"]
@@ -157,6 +158,25 @@ class AgentBackendAdmin(TenantScopedAdmin):
     fields = ["organization", "name", "kind", "base_url", "model", "has_api_key", "settings", "enabled", "revision",
               "created_at", "updated_at"]  # fmt: skip
     readonly_fields = fields
+
+    actions = ["test_backends"]
+
+    @admin.action(description="Test the selected backends (one tiny request each)")
+    def test_backends(self, request, queryset):
+        for backend in queryset:
+            if backend.organization_id is None and not request.user.is_superuser:
+                self.message_user(request, f"{backend}: only operators test the platform's backends.", messages.WARNING)
+                continue
+            try:
+                result = agents.probe_and_record(backend, organization_id=backend.organization_id)
+            except APIError as exc:
+                self.message_user(request, f"{backend}: {exc.detail}", messages.ERROR)
+                continue
+            if result["ok"]:
+                self.message_user(request, f"{backend}: answered in {result['latency_ms']} ms.", messages.SUCCESS)
+            else:
+                error = result["error"]
+                self.message_user(request, f"{backend}: {error['code']}, {error['message']}.", messages.ERROR)
 
     @admin.display(boolean=True, description="API key set")
     def has_api_key(self, backend):

@@ -140,17 +140,23 @@ def usable(principal: Principal, pk) -> AgentBackend:
 
 
 def agent_test(*, principal: Principal, backend: AgentBackend) -> dict:
-    """Send the backend one tiny request (sessions_app.agent_loop.probe); audited, never the reply."""
+    """Send the backend one tiny request (sessions_app.agent_loop.probe), as an owner or admin
+    (operators for the platform's); audited, never the reply."""
+    may_write(principal, platform=backend.organization_id is None)
+    return probe_and_record(backend, organization_id=principal.organization.pk)
+
+
+def probe_and_record(backend: AgentBackend, *, organization_id: int | None) -> dict:
+    """The probe, and its audit event (in `organization_id`: the caller's, or the backend's own)."""
     import asyncio
 
     from sessions_app import agent_loop
 
-    may_write(principal, platform=backend.organization_id is None)
     result = asyncio.run(agent_loop.probe(backend))
     audit_record(
         "agent.test",
         target=backend,
-        organization_id=principal.organization.pk,
+        organization_id=organization_id,
         outcome="success" if result["ok"] else "failure",
         details={
             "latency_ms": result["latency_ms"],

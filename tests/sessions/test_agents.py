@@ -138,3 +138,25 @@ def test_the_test_action_sends_one_tiny_request_and_never_shows_the_key(kind, pa
     with scoping.organization_scope(acme):
         outcomes = list(AuditEvent.objects.filter(action="agent.test").values_list("outcome", flat=True).order_by("id"))
     assert outcomes[-2:] == ["success", "failure"]
+
+
+def test_the_admin_tests_a_backend_and_staff_see_only_their_organizations(alice, alice_api, charlie_api, double, acme):
+    from django.test import Client
+
+    from tenants.models import User
+
+    double.fail_with = None
+    mine = create(alice_api, name="mine", base_url=double.url + "/v1", api_key=KEY).json()
+    create(charlie_api, name="theirs")
+    User.objects.filter(email="alice@acme.test").update(is_staff=True)
+    client = Client()
+    client.force_login(User.objects.get(email="alice@acme.test"))
+    changelist = "/admin/sessions_app/agentbackend/"
+    page = client.get(changelist).content.decode()
+    assert "mine" in page and "theirs" not in page
+    detail = client.get(f"{changelist}{mine['id']}/change/").content.decode()
+    assert KEY not in detail and "sealed" not in detail.lower()
+    answered = client.post(changelist, {"action": "test_backends", "_selected_action": [mine["id"]]}, follow=True)
+    assert "mine: answered in" in answered.content.decode().lower()
+    with scoping.organization_scope(acme):
+        assert AuditEvent.objects.filter(action="agent.test", outcome="success").exists()
