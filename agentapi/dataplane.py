@@ -158,7 +158,7 @@ def _security_headers(secure: bool) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _read_body(receive, headers: dict) -> bytes | None:
+async def read_body(receive, headers: dict) -> bytes | None:
     """The whole body, or None when it is larger than DATA_UPLOAD_MAX_MEMORY_SIZE."""
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     declared = headers.get("content-length", "")
@@ -189,17 +189,39 @@ def _json_bytes(data) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
-    """Answer one data-plane request (see the module's docstring for what it guarantees)."""
-    started = time.perf_counter()
-    headers = _headers(scope)
+def _bind(scope, headers: dict):
+    """The request's context (request id, client): (token to reset it with, request id)."""
     client = scope.get("client")
     token = context.bind_request(
         request_id=headers.get("x-request-id"),
         ip=client[0] if client else None,
         user_agent=headers.get("user-agent", ""),
     )
-    request_id = context.current_request_id()
+    return token, context.current_request_id()
+
+
+def _record(scope, route: Route, status: int, started: float) -> None:
+    """The request's metrics and its one access-log line."""
+    duration = time.perf_counter() - started
+    metrics.HTTP_REQUESTS.labels(scope["method"], route.name, str(status)).inc()
+    metrics.HTTP_LATENCY.labels(scope["method"], route.name).observe(duration)
+    if settings.ACCESS_LOG:
+        access_log.info(
+            "request",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+            },
+        )
+
+
+async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
+    """Answer one data-plane request (see the module's docstring for what it guarantees)."""
+    started = time.perf_counter()
+    headers = _headers(scope)
+    token, request_id = _bind(scope, headers)
     secure = _secure(scope, headers)
     extra: list[tuple[bytes, bytes]] = []
     try:
@@ -224,19 +246,7 @@ async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
             *_security_headers(secure),
         ]
         await _send(send, status, body, response_headers)
-        duration = time.perf_counter() - started
-        metrics.HTTP_REQUESTS.labels(scope["method"], route.name, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(scope["method"], route.name).observe(duration)
-        if settings.ACCESS_LOG:
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 2),
-                },
-            )
+        _record(scope, route, status, started)
     finally:
         context.reset(token)
 
@@ -248,13 +258,7 @@ async def serve_app(route: Route, kwargs: dict, scope, receive, send) -> None:
     the error shape for an APIException raised before the application answers."""
     started = time.perf_counter()
     headers = _headers(scope)
-    client = scope.get("client")
-    token = context.bind_request(
-        request_id=headers.get("x-request-id"),
-        ip=client[0] if client else None,
-        user_agent=headers.get("user-agent", ""),
-    )
-    request_id = context.current_request_id()
+    token, request_id = _bind(scope, headers)
     secure = _secure(scope, headers)
     status = {"code": 500, "started": False}
 
@@ -300,26 +304,14 @@ async def serve_app(route: Route, kwargs: dict, scope, receive, send) -> None:
                     {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
                 )
                 await send({"type": "http.response.body", "body": body})
-        duration = time.perf_counter() - started
-        metrics.HTTP_REQUESTS.labels(scope["method"], route.name, str(status["code"])).inc()
-        metrics.HTTP_LATENCY.labels(scope["method"], route.name).observe(duration)
-        if settings.ACCESS_LOG:
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status["code"],
-                    "duration_ms": round(duration * 1000, 2),
-                },
-            )
+        _record(scope, route, status["code"], started)
     finally:
         context.reset(token)
 
 
 async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> tuple[int, dict, dict]:
     try:
-        body = await _read_body(receive, headers)
+        body = await read_body(receive, headers)
         if body is None:
             raise errors.request_too_large()
         request = Request(

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import mcp_types as types
-from django.conf import settings
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -228,26 +227,6 @@ async def _manager_running() -> None:
 # -- the request ------------------------------------------------------------------------------
 
 
-async def _read_body(receive, headers: dict) -> bytes:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 10 * 1024 * 1024
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise request_too_large()
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise request_too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 def _message(body: bytes) -> dict:
     """The JSON-RPC message the body holds (a batch, or anything else, as an empty one)."""
     try:
@@ -376,7 +355,9 @@ async def application(scope, receive, send, session_id: str) -> None:
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
     if scope["method"] not in ("POST", "GET", "DELETE"):
         raise exceptions.MethodNotAllowed(scope["method"])
-    body = await _read_body(receive, headers) if scope["method"] == "POST" else b""
+    body = await http.read_body(receive, headers) if scope["method"] == "POST" else b""
+    if body is None:
+        raise request_too_large()
     message = _message(body)
     method = message.get("method")
     prefix, tool = _routing(method, _params(message))

@@ -91,26 +91,29 @@ def mcp_settings(settings):
 NPM_PACKAGE = "@modelcontextprotocol/server-everything@2026.8.31"
 
 
-@pytest.fixture(scope="session")
-def npm_everything() -> list[str]:
-    """The reference MCP server from npm (not written here), installed once into var/npm:
-    [node, its entry point, "stdio"]."""
+def npm_installed(package: str, entry: str, folder: str = "npm") -> str:
+    """A package from npm (not written here), installed once into var/<folder>: its entry point."""
     import shutil
 
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "Node.js and npm are needed for the npm server tests (apt-get install nodejs npm)"
-    prefix = Path(__file__).resolve().parents[2] / "var" / "npm"
-    entry = prefix / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
-    if not entry.exists():
+    npm = shutil.which("npm")
+    assert shutil.which("node") and npm, "Node.js and npm are needed for the npm tests (apt-get install nodejs npm)"
+    prefix = Path(__file__).resolve().parents[2] / "var" / folder
+    path = prefix / "node_modules" / entry
+    if not path.exists():
         prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), NPM_PACKAGE],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    assert entry.exists(), f"{NPM_PACKAGE} has no {entry}"
-    return [node, str(entry), "stdio"]
+        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), package],
+                       check=True, capture_output=True, timeout=600)  # fmt: skip
+    assert path.exists(), f"{package} has no {path}"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def npm_everything() -> list[str]:
+    """The reference MCP server from npm: [node, its entry point, "stdio"]."""
+    import shutil
+
+    entry = npm_installed(NPM_PACKAGE, "@modelcontextprotocol/server-everything/dist/index.js")
+    return [shutil.which("node"), entry, "stdio"]
 
 
 @pytest.fixture

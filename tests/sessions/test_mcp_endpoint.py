@@ -22,7 +22,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from audit.models import AuditEvent
 from tenants import scoping
 from tests.conftest import Api, committed, make_key
-from tests.mcp.conftest import configure
+from tests.mcp.conftest import configure, npm_installed
 
 pytestmark = committed
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,23 +168,9 @@ def test_a_client_initialized_through_one_process_goes_on_through_the_other(alic
 
 @pytest.fixture(scope="session")
 def inspector() -> list[str]:
-    """The MCP Inspector from npm (not written here), installed once into var/npm."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "Node.js and npm are needed for the Inspector tests (apt-get install nodejs npm)"
-    prefix = ROOT / "var" / "npm-inspector"
-    entry = (
-        prefix / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build" / "index.js"
-    )
-    if not entry.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), INSPECTOR],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    assert entry.exists(), f"{INSPECTOR} has no {entry}"
-    return [node, str(entry), "--cli"]
+    """The MCP Inspector from npm (not written here), its command line."""
+    entry = npm_installed(INSPECTOR, "@modelcontextprotocol/inspector/clients/launcher/build/index.js", "npm-inspector")
+    return [shutil.which("node"), entry, "--cli"]
 
 
 def test_the_mcp_inspector_cli_lists_and_calls_the_sessions_tools(alice_api, http_server, web, inspector, tmp_path):

@@ -22,7 +22,7 @@ from sessions_app.models import AgentSession
 from sessions_app.tasks import agent_sessions_expire
 from tenants import scoping
 from tests.conftest import committed, error_of
-from tests.mcp.conftest import configure
+from tests.mcp.conftest import configure, npm_installed
 
 pytestmark = committed
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,16 +32,7 @@ PACKAGE = "@modelcontextprotocol/server-filesystem@2026.8.31"
 
 @pytest.fixture(scope="session")
 def npm_filesystem() -> str:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "Node.js and npm are needed for the npm server tests (apt-get install nodejs npm)"
-    prefix = ROOT / "var" / "npm"
-    entry = prefix / "node_modules" / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
-    if not entry.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PACKAGE],
-                       check=True, capture_output=True, timeout=300)  # fmt: skip
-    assert entry.exists(), f"{PACKAGE} has no {entry}"
-    return str(entry)
+    return npm_installed(PACKAGE, "@modelcontextprotocol/server-filesystem/dist/index.js")
 
 
 @pytest.fixture
