@@ -1,6 +1,8 @@
-"""The one module that knows pydantic-ai (pinned in requirements/base.in): a backend's model, and
-the probe that sends it one tiny request. The agents' tool loop grows here (the agents issue);
-nothing else in the platform imports pydantic-ai.
+"""The one module that knows pydantic-ai (pinned in requirements/base.in): a backend's model, the
+probe that sends it one tiny request, and the tool loop of a run (`run_model`). Nothing else in the
+platform imports pydantic-ai: the loop takes the conversation as plain dicts, the session's tools as
+their listing and one `call_tool` coroutine (which goes through the platform's own proxy:
+sessions_app.runs), and reports what happens to a `Sink`.
 
 Every model's HTTP client is the platform's own pinned client (agentapi.http): the backend's URL
 passed the outbound rules when it was saved and is checked again here, and the connection goes to
@@ -8,7 +10,10 @@ the checked addresses only; no proxy from the environment, no redirect. The API 
 here, handed to the provider and never logged, returned or put in an exception message.
 """
 
+import json
 import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx2
 from django.conf import settings
@@ -105,3 +110,215 @@ async def probe(backend: AgentBackend) -> dict:
         "reply": str(result.output)[:200],
         "usage": {"input_tokens": usage.input_tokens or 0, "output_tokens": usage.output_tokens or 0},
     }
+
+
+# -- the tool loop ------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """What a run reports, in order: text as it streams, each model response once complete (before
+    its tools run), each tool call and its result."""
+
+    async def text(self, delta: str) -> None: ...
+
+    async def response(self, text: str, tool_calls: list[dict], input_tokens: int, output_tokens: int) -> None: ...
+
+    async def tool_call(self, call_id: str, name: str, arguments: dict) -> None: ...
+
+    async def tool_result(self, call_id: str, name: str, content: str, is_error: bool) -> None: ...
+
+
+class RunStopped(Exception):
+    """The run ended early: `code` is `cancelled`, `max_steps`, `timed_out` or `agent_error`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Outcome:
+    steps: int
+    input_tokens: int
+    output_tokens: int
+
+
+def _toolset(tools: list[dict], call_tool, sink: Sink):
+    """The session's tools as a pydantic-ai toolset whose calls go to `call_tool(name, arguments)
+    -> (text, is_error)`: the platform's proxy, never the model library's own MCP client."""
+    from pydantic_ai.tools import ToolDefinition
+    from pydantic_ai.toolsets.abstract import AbstractToolset, ToolsetTool
+    from pydantic_core import SchemaValidator, core_schema
+
+    any_arguments = SchemaValidator(schema=core_schema.dict_schema())
+
+    class SessionToolset(AbstractToolset):
+        @property
+        def id(self):
+            return "session"
+
+        async def get_tools(self, ctx):
+            return {
+                tool["name"]: ToolsetTool(
+                    toolset=self,
+                    tool_def=ToolDefinition(
+                        name=tool["name"],
+                        description=tool.get("description") or "",
+                        parameters_json_schema=tool.get("input_schema") or {"type": "object", "properties": {}},
+                    ),
+                    max_retries=1,
+                    args_validator=any_arguments,
+                )
+                for tool in tools
+            }
+
+        async def call_tool(self, name: str, tool_args: dict[str, Any], ctx, tool) -> Any:
+            call_id = ctx.tool_call_id or ""
+            await sink.tool_call(call_id, name, tool_args)
+            text, is_error = await call_tool(name, tool_args)
+            await sink.tool_result(call_id, name, text, is_error)
+            return text
+
+    return SessionToolset()
+
+
+def _history(messages: list[dict]) -> list:
+    """The stored conversation as pydantic-ai messages. A tool call whose result was never stored
+    (its run failed or was cancelled first) gets one saying so: models refuse a call left open."""
+    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
+
+    history: list = []
+    open_calls: dict[str, str] = {}
+
+    def close_open_calls():
+        if open_calls:
+            parts = [
+                ToolReturnPart(tool_name=name, content="Not run: the run ended first.", tool_call_id=call_id)
+                for call_id, name in open_calls.items()
+            ]
+            open_calls.clear()
+            if (
+                history
+                and isinstance(history[-1], ModelRequest)
+                and history[-1].parts
+                and isinstance(history[-1].parts[0], ToolReturnPart)
+            ):
+                history[-1].parts.extend(parts)
+            else:
+                history.append(ModelRequest(parts=parts))
+
+    for message in messages:
+        role = message["role"]
+        if role == "tool":
+            if open_calls.pop(message["tool_call_id"], None) is None:
+                continue  # a result without its call: nothing the model can place
+            part = ToolReturnPart(
+                tool_name=message["tool_name"], content=message["content"], tool_call_id=message["tool_call_id"]
+            )
+            last = history[-1] if history else None
+            if isinstance(last, ModelRequest) and last.parts and isinstance(last.parts[0], ToolReturnPart):
+                last.parts.append(part)
+            else:
+                history.append(ModelRequest(parts=[part]))
+            continue
+        close_open_calls()
+        if role == "user":
+            history.append(ModelRequest(parts=[UserPromptPart(content=message["content"])]))
+        else:
+            parts = [TextPart(content=message["content"])] if message["content"] else []
+            for call in message.get("tool_calls") or []:
+                parts.append(ToolCallPart(tool_name=call["name"], args=call["arguments"], tool_call_id=call["id"]))
+                open_calls[call["id"]] = call["name"]
+            if parts:
+                history.append(ModelResponse(parts=parts))
+    close_open_calls()
+    return history
+
+
+def _model_settings(backend: AgentBackend) -> dict:
+    found = {}
+    if backend.setting("temperature") is not None:
+        found["temperature"] = backend.setting("temperature")
+    if backend.setting("max_output_tokens") is not None:
+        found["max_tokens"] = backend.setting("max_output_tokens")
+    return found
+
+
+async def run_model(
+    backend: AgentBackend, *, instructions: str, history: list[dict], prompt: str, tools: list[dict], call_tool,
+    sink: Sink, cancel,
+) -> Outcome:  # fmt: skip
+    """One run of an `openai` or `anthropic` backend's tool loop: the model streams, asks for tools,
+    gets their results, until it answers or a limit stops it (RunStopped). `cancel` is the token
+    from `cancellation_token()`."""
+    from pydantic_ai import Agent, UsageLimits
+    from pydantic_ai.exceptions import RunCancelled, RunTimedOut, UsageLimitExceeded
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta, ToolCallPart
+
+    steps = input_tokens = output_tokens = 0
+    async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT) as client:
+        agent = Agent(model_for(backend, client), instructions=instructions or None)
+        try:
+            async with agent.iter(
+                prompt,
+                message_history=_history(history),
+                toolsets=[_toolset(tools, call_tool, sink)] if tools else None,
+                model_settings=_model_settings(backend) or None,
+                usage_limits=UsageLimits(request_limit=backend.setting("max_steps")),
+                timeout=backend.setting("run_timeout_seconds"),
+                cancellation_token=cancel,
+            ) as run:
+                async for node in run:
+                    if Agent.is_model_request_node(node):
+                        async with node.stream(run.ctx) as stream:
+                            async for event in stream:
+                                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                                    if event.part.content:
+                                        await sink.text(event.part.content)
+                                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                                    if event.delta.content_delta:
+                                        await sink.text(event.delta.content_delta)
+                    elif Agent.is_call_tools_node(node):
+                        response = node.model_response
+                        steps += 1
+                        usage = response.usage
+                        input_tokens += usage.input_tokens or 0
+                        output_tokens += usage.output_tokens or 0
+                        text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
+                        calls = [
+                            {"id": part.tool_call_id, "name": part.tool_name, "arguments": part.args_as_dict()}
+                            for part in response.parts
+                            if isinstance(part, ToolCallPart)
+                        ]
+                        await sink.response(text, calls, usage.input_tokens or 0, usage.output_tokens or 0)
+        except RunTimedOut:
+            raise RunStopped("timed_out", "The run took longer than its backend's run_timeout_seconds.") from None
+        except RunCancelled:
+            raise RunStopped("cancelled", "The run was cancelled.") from None
+        except UsageLimitExceeded:
+            raise RunStopped("max_steps", "The run reached its backend's max_steps.") from None
+        except RunStopped:
+            raise
+        except Exception as exc:  # the model or its transport failed: the run's error, never its text
+            raise RunStopped("agent_error", f"The agent backend failed: {_describe(exc)}.") from None
+    return Outcome(steps, input_tokens, output_tokens)
+
+
+def cancellation_token():
+    from pydantic_ai import CancellationToken
+
+    return CancellationToken()
+
+
+def tool_text(result: dict) -> str:
+    """A tool result (the proxy's `content`, `structured_content`) as the text a model reads."""
+    parts = []
+    for item in result.get("content") or []:
+        if item.get("type") == "text":
+            parts.append(item.get("text", ""))
+        else:
+            parts.append(json.dumps(item, separators=(",", ":"))[:2000])
+    if not parts and result.get("structured_content") is not None:
+        parts.append(json.dumps(result["structured_content"], separators=(",", ":")))
+    return "\n".join(parts)

@@ -107,7 +107,7 @@ async def touch(session: AgentSession) -> None:
         await aio.run(scope, [(_update_sql(), [used, expires, sid, SessionStatus.ACTIVE, used])])
 
 
-def _sync_client() -> redis.Redis | None:
+def sync_redis() -> redis.Redis | None:
     global _client
     if not settings.REDIS_URL:
         return None
@@ -123,7 +123,7 @@ def touch_sync(session: AgentSession) -> None:
     if _seen_just_now(sid, now):
         return
     due = None
-    client = _sync_client()
+    client = sync_redis()
     if client is not None:
         try:
             pipe = client.pipeline(transaction=False)
@@ -143,7 +143,7 @@ def touch_sync(session: AgentSession) -> None:
 
 def last_seen(session_ids: list) -> dict[str, datetime]:
     """When each session was last used according to Redis (those Redis knows of)."""
-    client = _sync_client()
+    client = sync_redis()
     if client is None or not session_ids:
         return {}
     try:

@@ -313,7 +313,9 @@ def _routing(method: str | None, params: dict) -> tuple[str, str]:
     return "", ""
 
 
-def _find_sync(authorization: str, query: dict, session_id: str, prefix: str) -> dataplane.Found:
+def _find_sync(
+    authorization: str, query: dict, session_id: str, prefix: str, *, session_tokens: bool = True
+) -> dataplane.Found:
     """authenticate_and_find for the embedded profile: the same rules, through the ORM."""
     if any(name in query for name in QUERY_CREDENTIAL_NAMES):
         raise Unauthenticated("credentials_in_query", "Credentials are accepted only in the Authorization header.",
@@ -324,7 +326,7 @@ def _find_sync(authorization: str, query: dict, session_id: str, prefix: str) ->
     subject = None
     if token.startswith(API_KEY_PREFIX):
         principal = api_key_authenticate(token)
-    elif token.startswith(SESSION_TOKEN_PREFIX):
+    elif session_tokens and token.startswith(SESSION_TOKEN_PREFIX):
         hashed = hash_session_token(token)
         with use_scope(DatabaseScope(secret_hash=hashed)):
             owner = AgentSession._base_manager.filter(mcp_token_hash=hashed, status="active").first()

@@ -260,3 +260,119 @@ class SessionServer(TenantModel):
             models.UniqueConstraint(fields=["session", "configuration"], name="session_server_unique"),
             models.UniqueConstraint(fields=["session", "prefix"], name="session_server_prefix_unique"),
         ]
+
+
+# -- conversations ------------------------------------------------------------------------------
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class AgentRun(TenantModel):
+    """One turn of a session's agent: started by a user's message, run by a Celery worker
+    (sessions_app.runs). At most one runs per session at a time (the database holds to it)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="runs")
+    backend = models.ForeignKey(AgentBackend, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    error = models.JSONField(null=True, blank=True, help_text="`code` and `message` when it failed.")
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    steps = models.PositiveIntegerField(default=0, help_text="Model requests made.")
+    tool_calls = models.PositiveIntegerField(default=0)
+    first_event_ms = models.FloatField(null=True, blank=True, help_text="From the message to the agent's first output.")
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it (once).")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Its worker's last sign of life.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantManager()
+
+    class Meta:
+        verbose_name = "agent run"
+        verbose_name_plural = "agent runs"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session"], condition=Q(status="running"), name="agent_run_one_running_per_session"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="agent_run_status_heartbeat")]
+
+    def __str__(self):
+        return f"run {self.id} ({self.status})"
+
+
+class MessageRole(models.TextChoices):
+    USER = "user", "User"
+    ASSISTANT = "assistant", "Assistant"
+    TOOL = "tool", "Tool result"
+
+
+class AgentMessage(TenantModel):
+    """One message of a session's conversation, in order (`seq`, from 0): the user's, the
+    assistant's (its text and the tool calls it asked for), and each tool call's result."""
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="messages")
+    run = models.ForeignKey(AgentRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    seq = models.PositiveIntegerField(help_text="Its place in the conversation.")
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    content = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True, help_text="The assistant's: id, name, arguments.")
+    tool_call_id = models.CharField(max_length=200, blank=True, help_text="A tool result's call.")
+    tool_name = models.CharField(max_length=128, blank=True)
+    is_error = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantManager()
+
+    class Meta:
+        verbose_name = "agent message"
+        verbose_name_plural = "agent messages"
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="agent_message_order"),
+            # A tool call has one result, however often its run is delivered.
+            models.UniqueConstraint(
+                fields=["run", "tool_call_id"], condition=Q(role="tool"), name="agent_message_one_result_per_call"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.role} #{self.seq}"
+
+
+class EventType(models.TextChoices):
+    MESSAGE_UPDATE = "message_update", "Message update"
+    TOOL_CALL = "tool_call", "Tool call"
+    TOOL_RESULT = "tool_result", "Tool result"
+    STATUS_CHANGE = "status_change", "Status change"
+    AGENT_ERROR = "agent_error", "Agent error"
+
+
+class AgentEvent(TenantModel):
+    """What happened in a session, in the order its stream sends it (the id is the SSE `id:`).
+    Written under the session's row lock, so ids are committed in order (sessions_app.events)."""
+
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="events")
+    run = models.ForeignKey(AgentRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    type = models.CharField(max_length=32, choices=EventType.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantManager()
+
+    class Meta:
+        verbose_name = "agent event"
+        verbose_name_plural = "agent events"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["session", "id"], name="agent_event_stream")]
+
+    def __str__(self):
+        return f"{self.type} #{self.id}"

@@ -248,6 +248,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
     "refresh-oauth-tokens": {"task": "oauth.tasks.oauth_tokens_refresh_expiring", "schedule": 60.0},
     "expire-agent-sessions": {"task": "sessions_app.tasks.agent_sessions_expire", "schedule": 60.0},
+    "reap-agent-runs": {"task": "sessions_app.tasks.agent_runs_reap", "schedule": 15.0},
     # The audit log's sequencer; a run the worker could not start within a few seconds is dropped
     # (the next one chains what it would have).
     "chain-audit-events": {
@@ -394,7 +395,13 @@ DATA_PLANE_ROUTES = [
 ]
 # ASGI applications on the data plane, on every profile (they choose their database access).
 DATA_PLANE_APPS = [
-    (r"^/mcp/sessions/(?P<session_id>[^/]+)/?$", "sessions_app.mcp_server.application", "mcp/sessions/<id>/")
+    (r"^/mcp/sessions/(?P<session_id>[^/]+)/?$", "sessions_app.mcp_server.application", "mcp/sessions/<id>/"),
+    (_SESSION + r"/events/$", "sessions_app.streams.events_app", "sessions/<id>/events/"),
+    (
+        r"^/agentapi/sessions/(?P<session_id>[^/]+)/(?P<endpoint>status|messages|message|events)/?$",
+        "sessions_app.streams.agentapi",
+        "agentapi/sessions/<id>/<endpoint>",
+    ),
 ]
 # Called on the web process's event loop before it serves its first request.
 EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop"]
@@ -455,3 +462,18 @@ SESSION_WORKSPACE_ROOT = env.str("SESSION_WORKSPACE_ROOT", default=str(BASE_DIR 
 SESSION_WORKSPACE_CHECK_SECONDS = env.float("SESSION_WORKSPACE_CHECK_SECONDS", default=2.0)
 # How long an agent backend's test (one tiny request) may take.
 AGENT_PROBE_TIMEOUT = env.float("AGENT_PROBE_TIMEOUT", default=20.0)
+# One request to a model (a run makes one per step) may take this long; the whole run is bounded
+# by its backend's `run_timeout_seconds`.
+AGENT_REQUEST_TIMEOUT = env.float("AGENT_REQUEST_TIMEOUT", default=120.0)
+# A run's worker writes a heartbeat this often (and sees a cancel within it); a running run whose
+# heartbeat is older than AGENT_RUN_LOST_SECONDS has lost its worker and is failed by the reaper,
+# as is one no worker took within AGENT_RUN_QUEUE_SECONDS.
+AGENT_RUN_HEARTBEAT_SECONDS = env.float("AGENT_RUN_HEARTBEAT_SECONDS", default=2.0)
+AGENT_RUN_LOST_SECONDS = env.float("AGENT_RUN_LOST_SECONDS", default=30.0)
+AGENT_RUN_QUEUE_SECONDS = env.float("AGENT_RUN_QUEUE_SECONDS", default=600.0)
+# Streaming text is stored and sent as `message_update` events at most this often per message.
+AGENT_TEXT_COALESCE_SECONDS = env.float("AGENT_TEXT_COALESCE_SECONDS", default=0.1)
+# An event stream sends a heartbeat comment this often; while Redis is unreachable it reads the
+# database this often instead of waiting to be woken.
+SESSION_EVENTS_HEARTBEAT_SECONDS = env.float("SESSION_EVENTS_HEARTBEAT_SECONDS", default=15.0)
+SESSION_EVENTS_POLL_SECONDS = env.float("SESSION_EVENTS_POLL_SECONDS", default=1.0)

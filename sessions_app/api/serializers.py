@@ -5,6 +5,8 @@ from sessions_app.models import (
     AGENT_SETTINGS_DEFAULTS,
     AgentBackend,
     AgentKind,
+    AgentMessage,
+    AgentRun,
     AgentSession,
     PromptScope,
     PromptVersion,
@@ -170,3 +172,52 @@ class AgentBackendUpdateSerializer(serializers.Serializer):
     )
     settings = serializers.JSONField(required=False, help_text=_SETTINGS_HELP)
     enabled = serializers.BooleanField(required=False)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    usage = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AgentRun
+        fields = [
+            "id",
+            "status",
+            "error",
+            "usage",
+            "steps",
+            "tool_calls",
+            "first_event_ms",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_usage(self, run) -> dict:
+        return {"input_tokens": run.input_tokens, "output_tokens": run.output_tokens}
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    run = serializers.UUIDField(source="run_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = AgentMessage
+        fields = ["id", "seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "is_error", "run",
+                  "created_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    content = serializers.CharField(max_length=100_000, trim_whitespace=False)
+
+
+class MessageSentSerializer(serializers.Serializer):
+    message = MessageSerializer()
+    run = RunSerializer()
+
+
+class UsageSerializer(serializers.Serializer):
+    runs = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    steps = serializers.IntegerField()
+    tool_calls = serializers.IntegerField()

@@ -12,9 +12,9 @@ from rest_framework.response import Response
 from agentapi.errors import APIError
 from agentapi.pagination import CursorPagination
 from mcp.api import serializers as mcp_serializers
-from sessions_app import agents, prompts, services, tools
+from sessions_app import agents, prompts, runs, services, tools
 from sessions_app.api import serializers as s
-from sessions_app.models import AgentBackend
+from sessions_app.models import AgentBackend, AgentMessage, AgentRun
 from tenants.api.base import IsOrganizationMember, TenantViewSet
 
 
@@ -214,3 +214,91 @@ class AgentBackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
     def test(self, request, pk=None):
         """Send the backend one tiny request: `ok`, `latency_ms`, and `reply` or `error`."""
         return Response(agents.agent_test(principal=self.principal, backend=self.get_object()))
+
+
+class MessagePagination(CursorPagination):
+    ordering = ("seq",)
+
+
+class RunPagination(CursorPagination):
+    ordering = ("-created_at", "id")
+
+
+_UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+
+class ConversationViewSet(TenantViewSet):
+    """A session's conversation with its agent: its user's own session only (as its tools). The
+    event stream, `GET .../events/`, is served on the data plane (sessions_app.streams)."""
+
+    permission_classes = [IsOrganizationMember]
+    lookup_value_regex = AgentSessionViewSet.lookup_value_regex
+
+    def get_queryset(self):
+        return services.own_sessions(self.principal)
+
+    def get_serializer_class(self):
+        return s.MessageCreateSerializer if self.action == "messages" else serializers.Serializer
+
+    @extend_schema(methods=["GET"], responses=s.MessageSerializer(many=True), description="The conversation, in order.")
+    @extend_schema(
+        methods=["POST"],
+        request=s.MessageCreateSerializer,
+        responses={202: s.MessageSentSerializer},
+        description="Send a message: 202 with it and its run; `409 session_busy` while a run is going.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def messages(self, request, pk=None):
+        session = self.get_object()
+        if request.method == "GET":
+            paginator = MessagePagination()
+            page = paginator.paginate_queryset(AgentMessage.objects.filter(session=session), request, view=self)
+            return paginator.get_paginated_response(s.MessageSerializer(page, many=True).data)
+        data = s.MessageCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        message, run = runs.message_send(principal=self.principal, session=session, **data.validated_data)
+        body = {"message": s.MessageSerializer(message).data, "run": s.RunSerializer(run).data}
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=s.RunSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="runs")
+    def runs_list(self, request, pk=None):
+        session = self.get_object()
+        paginator = RunPagination()
+        page = paginator.paginate_queryset(AgentRun.objects.filter(session=session), request, view=self)
+        return paginator.get_paginated_response(s.RunSerializer(page, many=True).data)
+
+    def _run(self, session, run_id: str) -> AgentRun:
+        run = AgentRun.objects.filter(session=session, pk=run_id).first()
+        if run is None:
+            raise APIError("not_found", "No such run in this session.", status=404)
+        return run
+
+    @extend_schema(responses=s.RunSerializer)
+    @action(detail=True, methods=["get"], url_path=rf"runs/(?P<run_id>{_UUID})")
+    def run_detail(self, request, pk=None, run_id=None):
+        return Response(s.RunSerializer(self._run(self.get_object(), run_id)).data)
+
+    @extend_schema(request=None, responses=s.RunSerializer)
+    @action(detail=True, methods=["post"], url_path=rf"runs/(?P<run_id>{_UUID})/cancel")
+    def run_cancel(self, request, pk=None, run_id=None):
+        """Stop a run (it is `cancelled` at once; its worker stops within a heartbeat). An ended
+        run is answered as it is."""
+        session = self.get_object()
+        run = runs.run_cancel(session=session, run=self._run(session, run_id))
+        return Response(s.RunSerializer(run).data)
+
+    @extend_schema(responses=s.UsageSerializer)
+    @action(detail=True, methods=["get"])
+    def usage(self, request, pk=None):
+        """Token usage of the session's runs, summed."""
+        return Response(runs.usage(AgentRun.objects.filter(session=self.get_object())))
+
+    @extend_schema(
+        responses=s.UsageSerializer,
+        description="Token usage summed over the organization's sessions (owners and admins), or the caller's own.",
+    )
+    @action(detail=False, methods=["get"], url_path="usage")
+    def usage_total(self, request):
+        visible = services.visible_to(self.principal)
+        return Response(runs.usage(AgentRun.objects.filter(session__in=visible)))

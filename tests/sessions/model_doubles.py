@@ -1,9 +1,15 @@
 """Test doubles of hosted model APIs (they cannot run here), small and speaking the real wire
 protocols on loopback: an OpenAI-compatible Chat Completions server and an Anthropic Messages
-server, each answering "OK", plus coder/agentapi's GET /status. They record each request's
-credential header, so tests can check what the platform sent."""
+server (streaming or not), plus coder/agentapi's GET /status. They record each request, so tests
+can check what the platform sent.
+
+What they answer is a script: to a request whose conversation ends with the user's message, the
+tool calls in `tool_calls` (when there are any), then, once the conversation ends with the tools'
+results, the text `reply`. Without tool calls, the text at once. Streamed text comes a word per
+chunk, `chunk_delay` apart; `delay` holds every answer back (to catch a run mid-way)."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -14,6 +20,10 @@ class ModelDouble:
     def __init__(self):
         self.requests: list[dict] = []
         self.fail_with: int | None = None
+        self.tool_calls: list[tuple[str, dict]] = []
+        self.reply = "The double has answered."
+        self.delay = 0.0
+        self.chunk_delay = 0.0
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()
@@ -44,23 +54,111 @@ class ModelDouble:
             return web.json_response({"error": {"message": "double says no", "type": "error"}}, status=self.fail_with)
         return None
 
+    def _words(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [word + (" " if i < len(words) - 1 else "") for i, word in enumerate(words)]
+
+    async def _sse(self, request, chunks):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for event, data in chunks:
+            if data == "[text-pause]":
+                await asyncio.sleep(self.chunk_delay)
+                continue
+            prefix = f"event: {event}\n" if event else ""
+            payload = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"{prefix}data: {payload}\n\n".encode())
+        await response.write_eof()
+        return response
+
     async def openai(self, request):
         body = await request.json()
         self._record(request, body)
-        return self._failure() or web.json_response({
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        failure = self._failure()
+        if failure is not None:
+            return failure
+        calling = bool(self.tool_calls) and body["messages"][-1]["role"] != "tool"
+        if body.get("stream"):
+            return await self._sse(request, self._openai_chunks(body, calling))
+        if calling or body.get("tools"):
+            raise web.HTTPBadRequest(text="the double streams tool conversations only")
+        return web.json_response({
             "id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
         })  # fmt: skip
 
+    def _openai_chunks(self, body, calling: bool):
+        def chunk(delta, finish=None, **extra):
+            return None, {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": int(time.time()),
+                          "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                          **extra}  # fmt: skip
+
+        yield chunk({"role": "assistant", "content": ""})
+        if calling:
+            for index, (name, arguments) in enumerate(self.tool_calls):
+                yield chunk({"tool_calls": [{"index": index, "id": f"call_{index}", "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]})  # fmt: skip
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": json.dumps(arguments)}}]})
+            yield chunk({}, "tool_calls")
+        else:
+            for word in self._words():
+                yield None, "[text-pause]"
+                yield chunk({"content": word})
+            yield chunk({}, "stop")
+        usage = {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}
+        yield None, {**chunk({})[1], "choices": [], "usage": usage}
+        yield None, "[DONE]"
+
     async def anthropic(self, request):
         body = await request.json()
         self._record(request, body)
-        return self._failure() or web.json_response({
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        failure = self._failure()
+        if failure is not None:
+            return failure
+        last = body["messages"][-1]
+        answered = isinstance(last["content"], list) and any(
+            block.get("type") == "tool_result" for block in last["content"]
+        )
+        calling = bool(self.tool_calls) and not answered
+        if body.get("stream"):
+            return await self._sse(request, self._anthropic_events(body, calling))
+        if calling or body.get("tools"):
+            raise web.HTTPBadRequest(text="the double streams tool conversations only")
+        return web.json_response({
             "id": "msg_double", "type": "message", "role": "assistant", "model": body["model"],
             "content": [{"type": "text", "text": "OK"}], "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": 11, "output_tokens": 1},
         })  # fmt: skip
+
+    def _anthropic_events(self, body, calling: bool):
+        yield "message_start", {"type": "message_start", "message": {
+            "id": "msg_double", "type": "message", "role": "assistant", "model": body["model"], "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}}  # fmt: skip
+        if calling:
+            for index, (name, arguments) in enumerate(self.tool_calls):
+                yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": {
+                    "type": "tool_use", "id": f"toolu_{index}", "name": name, "input": {}}}  # fmt: skip
+                yield "content_block_delta", {"type": "content_block_delta", "index": index,
+                                              "delta": {"type": "input_json_delta", "partial_json": json.dumps(arguments)}}  # fmt: skip
+                yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            stop = "tool_use"
+        else:
+            yield "content_block_start", {"type": "content_block_start", "index": 0,
+                                          "content_block": {"type": "text", "text": ""}}  # fmt: skip
+            for word in self._words():
+                yield None, "[text-pause]"
+                yield "content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "text_delta", "text": word}}  # fmt: skip
+            yield "content_block_stop", {"type": "content_block_stop", "index": 0}
+            stop = "end_turn"
+        yield "message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                                "usage": {"output_tokens": 7}}  # fmt: skip
+        yield "message_stop", {"type": "message_stop"}
 
     async def agentapi_status(self, request):
         self._record(request, None)

@@ -1,0 +1,424 @@
+"""Conversations and runs: a user's message starts a run of the session's agent on a Celery worker.
+
+Sending (`message_send`, the management API): under the session's row lock, the user's message,
+a run (`running`) and their events are stored and the task is queued once that commits. While a
+run is going, another message is `409 session_busy` (the lock decides; a partial unique index on
+running runs holds it in the database too).
+
+Running (`execute`, the `agent_run` task: acks late). A run is claimed once (`claimed_at`); a
+delivery that finds its run already claimed is a redelivery after its worker died mid-run, and
+fails the run (`interrupted`) instead of replaying it: its tools may already have acted, so a
+replay could do twice what the user asked once. The loop (sessions_app.agent_loop) streams the
+model; what it reports is stored here, each write under the session's lock and only while the run
+is still `running`, so a cancelled or failed run gains nothing afterwards. Tool calls go through
+the session's own tools (sessions_app.tools: the user's credentials, the breaker, limits, audit).
+The worker writes a heartbeat every AGENT_RUN_HEARTBEAT_SECONDS and reads the run's status with
+it: a cancel stops the loop within that time. A run whose heartbeat stops (SIGKILL, a lost host)
+is failed by the reaper (`reap`, scheduled), so none stays `running`.
+"""
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+from prometheus_client import Counter, Histogram
+
+from agentapi.errors import APIError
+from audit.services import audit_record
+from sessions_app import agent_loop, events, tools
+from sessions_app.models import (
+    AgentBackend,
+    AgentMessage,
+    AgentRun,
+    AgentSession,
+    EventType,
+    MessageRole,
+    RunStatus,
+)
+
+log = logging.getLogger(__name__)
+
+runs_total = Counter("agentapi_agent_runs_total", "Agent runs finished, by outcome.", ["status", "kind"])
+steps_total = Counter("agentapi_agent_steps_total", "Model requests made by agent runs.", ["kind"])
+tokens_total = Counter("agentapi_agent_tokens_total", "Tokens used by agent runs.", ["direction", "kind"])
+first_event_seconds = Histogram(
+    "agentapi_agent_first_event_seconds",
+    "From a user's message to its run's first output.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+MAX_MESSAGE_CHARS = 100_000
+
+
+def message_data(message: AgentMessage) -> dict:
+    """A `message_update` event's data."""
+    return {
+        "message": message.seq,
+        "role": message.role,
+        "content": message.content,
+        "run": str(message.run_id) if message.run_id else None,
+        "time": message.created_at.isoformat(),
+    }
+
+
+def _append_message(session: AgentSession, **fields) -> AgentMessage:
+    """A message at the end of the conversation (the caller holds the session's lock)."""
+    last = AgentMessage.objects.filter(session=session).aggregate(last=models.Max("seq"))["last"]
+    return AgentMessage.objects.create(
+        organization_id=session.organization_id, session=session, seq=0 if last is None else last + 1, **fields
+    )
+
+
+@transaction.atomic
+def message_send(*, principal, session: AgentSession, content) -> tuple[AgentMessage, AgentRun]:
+    """Store the user's message and start a run (queued once committed)."""
+    if not isinstance(content, str) or not content.strip():
+        raise APIError("invalid", "`content` is the message's text.", details={"content": ["Required, not blank."]})
+    if len(content) > MAX_MESSAGE_CHARS:
+        raise APIError("invalid", f"A message is at most {MAX_MESSAGE_CHARS} characters.",
+                       details={"content": [f"At most {MAX_MESSAGE_CHARS} characters."]})  # fmt: skip
+    events.lock(session.pk)
+    session.refresh_from_db(fields=["status", "expires_at", "ends_at", "agent"])
+    tools.require_active(session)
+    backend = AgentBackend.objects.filter(pk=session.agent_id).first() if session.agent_id else None
+    if backend is None:
+        raise APIError("no_agent", "This session has no agent backend: choose one when opening a session.", status=409)
+    if not backend.enabled:
+        raise APIError("agent_disabled", "This session's agent backend is disabled.", status=409)
+    if AgentRun.objects.filter(session=session, status=RunStatus.RUNNING).exists():
+        raise APIError("session_busy", "The agent is still answering: wait for it, or cancel its run.", status=409)
+    try:
+        with transaction.atomic():
+            run = AgentRun.objects.create(organization_id=session.organization_id, session=session, backend=backend)
+    except IntegrityError:  # the partial unique index: another run started meanwhile
+        raise APIError("session_busy", "The agent is still answering.", status=409) from None
+    message = _append_message(session, run=run, role=MessageRole.USER, content=content)
+    events.append(session, EventType.MESSAGE_UPDATE, message_data(message), run_id=run.pk)
+    events.append(session, EventType.STATUS_CHANGE, {"status": "running", "run": str(run.pk)}, run_id=run.pk)
+    audit_record(
+        "agent.message",
+        target=run,
+        organization_id=session.organization_id,
+        details={"session": str(session.pk), "run": str(run.pk), "backend": backend.pk, "characters": len(content)},
+    )
+    from sessions_app.tasks import agent_run
+
+    organization_id, run_id = session.organization_id, str(run.pk)
+    transaction.on_commit(lambda: agent_run.delay(organization_id, run_id))
+    return message, run
+
+
+def _finish(run: AgentRun, status: str, error: dict | None = None) -> bool:
+    """End a running run (under the session's lock): its status, the events, the audit record.
+    False when it had already ended."""
+    with transaction.atomic():
+        events.lock(run.session_id)
+        now = timezone.now()
+        ended = AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=status, error=error, finished_at=now
+        )
+        if not ended:
+            return False
+        run.refresh_from_db()
+        session = AgentSession.objects.get(pk=run.session_id)
+        if error is not None:
+            events.append(session, EventType.AGENT_ERROR, {**error, "run": str(run.pk)}, run_id=run.pk)
+        events.append(
+            session, EventType.STATUS_CHANGE, {"status": "stable", "run": str(run.pk), "outcome": status}, run_id=run.pk
+        )
+        audit_record(
+            f"agent.run.{status}",
+            target=run,
+            organization_id=run.organization_id,
+            outcome="success" if status == RunStatus.COMPLETED else "failure",
+            details={
+                "session": str(run.session_id),
+                "steps": run.steps,
+                "tool_calls": run.tool_calls,
+                "input_tokens": run.input_tokens,
+                "output_tokens": run.output_tokens,
+                **({"error": error["code"]} if error else {}),
+            },
+        )
+    kind = run.backend.kind if run.backend_id and run.backend else "unknown"
+    runs_total.labels(status, kind).inc()
+    return True
+
+
+def run_cancel(*, session: AgentSession, run: AgentRun) -> AgentRun:
+    """Stop a run: it is `cancelled` at once; its worker sees it within a heartbeat and stops.
+    Cancelling an ended run changes nothing."""
+    _finish(run, RunStatus.CANCELLED)
+    run.refresh_from_db()
+    return run
+
+
+def usage(runs) -> dict:
+    totals = runs.aggregate(
+        runs=models.Count("id"),
+        input_tokens=models.Sum("input_tokens"),
+        output_tokens=models.Sum("output_tokens"),
+        steps=models.Sum("steps"),
+        tool_calls=models.Sum("tool_calls"),
+    )
+    return {name: value or 0 for name, value in totals.items()}
+
+
+# -- the worker's side --------------------------------------------------------------------------
+
+
+class Stopped(agent_loop.RunStopped):
+    """The run is no longer `running` (cancelled, or failed by the reaper): write nothing more."""
+
+    def __init__(self):
+        super().__init__("stopped", "The run has ended.")
+
+
+def _still_running(run_id) -> None:
+    if not AgentRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists():
+        raise Stopped()
+
+
+class RunSink:
+    """What the loop reports, stored: messages and events, text coalesced (one `message_update`
+    per AGENT_TEXT_COALESCE_SECONDS per message, and the whole text when the response ends)."""
+
+    def __init__(self, run: AgentRun, session: AgentSession, db):
+        self.run, self.session, self.db = run, session, db
+        self.kind = run.backend.kind
+        self.message: AgentMessage | None = None  # the assistant message being streamed
+        self.text_so_far = ""
+        self.sent = ""
+        self.last_flush = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.flushing: asyncio.Task | None = None
+        self.first = True
+
+    # Each write: under the session's lock, only while the run is running.
+    def _write(self, func):
+        def guarded():
+            with transaction.atomic():
+                events.lock(self.session.pk)
+                _still_running(self.run.pk)
+                return func()
+
+        return self.db(guarded)()
+
+    def _first_output(self) -> None:
+        if self.first:
+            self.first = False
+            elapsed = (timezone.now() - self.run.created_at).total_seconds()
+            AgentRun.objects.filter(pk=self.run.pk).update(first_event_ms=round(elapsed * 1000, 2))
+            first_event_seconds.observe(elapsed)
+
+    async def text(self, delta: str) -> None:
+        if self.message is None:
+
+            def start():
+                self.message = _append_message(self.session, run=self.run, role=MessageRole.ASSISTANT, content="")
+
+            await self._write(start)
+        self.text_so_far += delta
+        wait = self.last_flush + settings.AGENT_TEXT_COALESCE_SECONDS - time.monotonic()
+        if wait <= 0:
+            await self._flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(wait, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self.timer = None
+        self.flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        if self.message is None or self.text_so_far == self.sent:
+            return
+        self.last_flush = time.monotonic()
+        text, message = self.text_so_far, self.message
+
+        def write():
+            data = {**message_data(message), "content": text}
+            events.append(self.session, EventType.MESSAGE_UPDATE, data, run_id=self.run.pk)
+            self._first_output()
+
+        self.sent = text
+        await self._write(write)
+
+    async def response(self, text: str, tool_calls: list[dict], input_tokens: int, output_tokens: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.flushing is not None:
+            await self.flushing
+            self.flushing = None
+        message, self.message, self.text_so_far, self.sent = self.message, None, "", ""
+
+        def write():
+            nonlocal message
+            if message is None and (text or tool_calls):
+                message = _append_message(self.session, run=self.run, role=MessageRole.ASSISTANT, content=text,
+                                          tool_calls=tool_calls)  # fmt: skip
+            elif message is not None:
+                message.content, message.tool_calls = text, tool_calls
+                message.save(update_fields=["content", "tool_calls"])
+            if message is not None and text:
+                events.append(self.session, EventType.MESSAGE_UPDATE, message_data(message), run_id=self.run.pk)
+                self._first_output()
+            AgentRun.objects.filter(pk=self.run.pk).update(
+                steps=models.F("steps") + 1,
+                input_tokens=models.F("input_tokens") + input_tokens,
+                output_tokens=models.F("output_tokens") + output_tokens,
+            )
+
+        await self._write(write)
+        steps_total.labels(self.kind).inc()
+        tokens_total.labels("input", self.kind).inc(input_tokens)
+        tokens_total.labels("output", self.kind).inc(output_tokens)
+
+    async def tool_call(self, call_id: str, name: str, arguments: dict) -> None:
+        def write():
+            data = {"id": call_id, "name": name, "arguments": arguments, "run": str(self.run.pk)}
+            events.append(self.session, EventType.TOOL_CALL, data, run_id=self.run.pk)
+            self._first_output()
+            AgentRun.objects.filter(pk=self.run.pk).update(tool_calls=models.F("tool_calls") + 1)
+
+        await self._write(write)
+
+    async def tool_result(self, call_id: str, name: str, content: str, is_error: bool) -> None:
+        def write():
+            _append_message(self.session, run=self.run, role=MessageRole.TOOL, content=content,
+                            tool_call_id=call_id, tool_name=name, is_error=is_error)  # fmt: skip
+            data = {"id": call_id, "name": name, "content": content, "is_error": is_error, "run": str(self.run.pk)}
+            events.append(self.session, EventType.TOOL_RESULT, data, run_id=self.run.pk)
+
+        await self._write(write)
+
+
+def _claim(run_id) -> AgentRun | None:
+    """The run, claimed by this delivery; None when there is nothing to do (and a redelivered run
+    that was already claimed is failed: never replayed)."""
+    now = timezone.now()
+    claimed = AgentRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, claimed_at__isnull=True).update(
+        claimed_at=now, heartbeat_at=now
+    )
+    run = AgentRun.objects.select_related("backend", "session").filter(pk=run_id).first()
+    if run is None:
+        return None
+    if not claimed:
+        if run.status == RunStatus.RUNNING:
+            _finish(run, RunStatus.FAILED, {"code": "interrupted", "message": "Its worker stopped mid-run; a run "
+                                            "is not replayed, since its tools may already have acted."})  # fmt: skip
+        return None
+    return run
+
+
+def execute(run_id) -> str:
+    """The `agent_run` task's body (in the run's organization's scope). Returns the run's status."""
+    run = _claim(run_id)
+    if run is None:
+        return "skipped"
+    backend = run.backend
+    if backend is None or not backend.enabled:
+        _finish(
+            run, RunStatus.FAILED, {"code": "agent_unavailable", "message": "The agent backend is gone or disabled."}
+        )
+        return RunStatus.FAILED
+    try:
+        asyncio.run(_drive(run))
+    except Exception:
+        log.exception("agent run failed", extra={"run": str(run.pk)})
+        _finish(
+            run, RunStatus.FAILED, {"code": "internal_error", "message": "The run failed on our side; it is logged."}
+        )
+    run.refresh_from_db(fields=["status"])
+    return run.status
+
+
+async def _drive(run: AgentRun) -> None:
+    # Database writes go to one thread, in order; tool calls each to a thread of their own, so a
+    # slow tool holds up neither the heartbeat nor the others.
+    def db(func):
+        return sync_to_async(func, thread_sensitive=True)
+
+    session = run.session
+    backend = run.backend
+
+    def load():
+        conversation = list(
+            AgentMessage.objects.filter(session=session)
+            .order_by("seq")
+            .values("seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id")
+        )
+        prompt_at = max(i for i, m in enumerate(conversation) if m["run_id"] == run.pk and m["role"] == "user")
+        listed, _unavailable = tools.list_tools(session)
+        return conversation[:prompt_at], conversation[prompt_at]["content"], listed
+
+    history, prompt, listed = await sync_to_async(load, thread_sensitive=False)()
+
+    def call(name: str, arguments: dict) -> tuple[str, bool]:
+        try:
+            result = tools.call_tool(session, name, arguments)
+        except APIError as exc:
+            return f"{exc.error_code}: {exc.detail}", True
+        return agent_loop.tool_text(result), bool(result.get("is_error"))
+
+    async def call_tool(name, arguments):
+        return await sync_to_async(call, thread_sensitive=False)(name, arguments)
+
+    cancel = agent_loop.cancellation_token()
+    sink = RunSink(run, session, db)
+
+    def beat() -> bool:
+        AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+        return AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).exists()
+
+    async def heartbeat():
+        while True:
+            await asyncio.sleep(settings.AGENT_RUN_HEARTBEAT_SECONDS)
+            if not await db(beat)():
+                cancel.cancel()
+                return
+
+    beating = asyncio.ensure_future(heartbeat())
+    try:
+        outcome = await agent_loop.run_model(
+            backend, instructions=session.system_prompt, history=history, prompt=prompt, tools=listed,
+            call_tool=call_tool, sink=sink, cancel=cancel,
+        )  # fmt: skip
+    except Stopped:
+        return  # cancelled (or failed by the reaper) while it wrote: it has ended already
+    except agent_loop.RunStopped as stopped:
+        status = RunStatus.CANCELLED if stopped.code == "cancelled" else RunStatus.FAILED
+        error = None if status == RunStatus.CANCELLED else {"code": stopped.code, "message": stopped.message}
+        await db(_finish)(run, status, error)
+        return
+    finally:
+        beating.cancel()
+    log.info("agent run completed", extra={"run": str(run.pk), "steps": outcome.steps})
+    await db(_finish)(run, RunStatus.COMPLETED)
+
+
+def reap() -> dict:
+    """Fail every run that lost its worker (no heartbeat for AGENT_RUN_LOST_SECONDS) or that no
+    worker took within AGENT_RUN_QUEUE_SECONDS (the scheduled job; every organization)."""
+    from tenants import scoping
+    from tenants.models import Organization
+
+    now = timezone.now()
+    lost_before = now - timedelta(seconds=settings.AGENT_RUN_LOST_SECONDS)
+    queued_before = now - timedelta(seconds=settings.AGENT_RUN_QUEUE_SECONDS)
+    counts = {"lost": 0, "not_started": 0}
+    for organization in Organization.objects.all():
+        with scoping.organization_scope(organization):
+            running = AgentRun.objects.filter(status=RunStatus.RUNNING).select_related("backend")
+            for run in running.filter(claimed_at__isnull=False, heartbeat_at__lt=lost_before):
+                error = {"code": "worker_lost", "message": "Its worker stopped answering mid-run."}
+                counts["lost"] += _finish(run, RunStatus.FAILED, error)
+            for run in running.filter(claimed_at__isnull=True, created_at__lt=queued_before):
+                error = {"code": "not_started", "message": "No worker took the run in time."}
+                counts["not_started"] += _finish(run, RunStatus.FAILED, error)
+    return counts
