@@ -37,6 +37,11 @@ def _http_client(backend: AgentBackend, timeout: float) -> httpx2.AsyncClient:
     )
 
 
+def api_key(backend: AgentBackend) -> str:
+    """The backend's key, opened (synchronous: it may read the organization's data key)."""
+    return _api_key(backend)
+
+
 def _api_key(backend: AgentBackend) -> str:
     try:
         return backend.api_key()
@@ -46,24 +51,21 @@ def _api_key(backend: AgentBackend) -> str:
         ) from None
 
 
-def model_for(backend: AgentBackend, http_client: httpx2.AsyncClient):
-    """The pydantic-ai model for an `openai` or `anthropic` backend."""
+def model_for(backend: AgentBackend, http_client: httpx2.AsyncClient, key: str | None = None):
+    """The pydantic-ai model for an `openai` or `anthropic` backend (`key`: already opened)."""
+    key = _api_key(backend) if key is None else key
     if backend.kind == AgentKind.OPENAI:
         from pydantic_ai.models.openai import OpenAIChatModel
         from pydantic_ai.providers.openai import OpenAIProvider
 
         # Servers without keys (a local vLLM or Ollama) still get a placeholder: the SDK insists.
-        provider = OpenAIProvider(
-            base_url=backend.base_url, api_key=_api_key(backend) or "none", http_client=http_client
-        )
+        provider = OpenAIProvider(base_url=backend.base_url, api_key=key or "none", http_client=http_client)
         return OpenAIChatModel(backend.model, provider=provider)
     if backend.kind == AgentKind.ANTHROPIC:
         from pydantic_ai.models.anthropic import AnthropicModel
         from pydantic_ai.providers.anthropic import AnthropicProvider
 
-        provider = AnthropicProvider(
-            base_url=backend.base_url, api_key=_api_key(backend) or "none", http_client=http_client
-        )
+        provider = AnthropicProvider(base_url=backend.base_url, api_key=key or "none", http_client=http_client)
         return AnthropicModel(backend.model, provider=provider)
     raise APIError("unsupported", f"A {backend.kind} backend is not a model.", status=400)
 
@@ -246,7 +248,7 @@ def _model_settings(backend: AgentBackend) -> dict:
 
 
 async def run_model(
-    backend: AgentBackend, *, instructions: str, history: list[dict], prompt: str, tools: list[dict], call_tool,
+    backend: AgentBackend, *, key: str, instructions: str, history: list[dict], prompt: str, tools: list[dict], call_tool,
     sink: Sink, cancel,
 ) -> Outcome:  # fmt: skip
     """One run of an `openai` or `anthropic` backend's tool loop: the model streams, asks for tools,
@@ -258,7 +260,7 @@ async def run_model(
 
     steps = input_tokens = output_tokens = 0
     async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT) as client:
-        agent = Agent(model_for(backend, client), instructions=instructions or None)
+        agent = Agent(model_for(backend, client, key), instructions=instructions or None)
         try:
             async with agent.iter(
                 prompt,

@@ -328,7 +328,12 @@ def execute(run_id) -> str:
         )
         return RunStatus.FAILED
     try:
-        asyncio.run(_drive(run))
+        key = agent_loop.api_key(backend)
+    except APIError as exc:
+        _finish(run, RunStatus.FAILED, {"code": exc.error_code, "message": str(exc.detail)})
+        return RunStatus.FAILED
+    try:
+        asyncio.run(_drive(run, key))
     except Exception:
         log.exception("agent run failed", extra={"run": str(run.pk)})
         _finish(
@@ -338,7 +343,7 @@ def execute(run_id) -> str:
     return run.status
 
 
-async def _drive(run: AgentRun) -> None:
+async def _drive(run: AgentRun, key: str) -> None:
     # Database writes go to one thread, in order; tool calls each to a thread of their own, so a
     # slow tool holds up neither the heartbeat nor the others.
     def db(func):
@@ -386,7 +391,7 @@ async def _drive(run: AgentRun) -> None:
     beating = asyncio.ensure_future(heartbeat())
     try:
         outcome = await agent_loop.run_model(
-            backend, instructions=session.system_prompt, history=history, prompt=prompt, tools=listed,
+            backend, key=key, instructions=session.system_prompt, history=history, prompt=prompt, tools=listed,
             call_tool=call_tool, sink=sink, cancel=cancel,
         )  # fmt: skip
     except Stopped:
