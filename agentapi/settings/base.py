@@ -320,6 +320,8 @@ SPECTACULAR_SETTINGS = {
         "ToolPinStatusEnum": "mcp.models.PinStatus",
         "APIKeyStatusEnum": [("active", "active"), ("expired", "expired"), ("revoked", "revoked")],
         "AgentKindEnum": "sessions_app.models.AgentKind",
+        "MessageRoleEnum": "sessions_app.models.MessageRole",
+        "MemberRoleEnum": "tenants.models.Role",
         "OAuthProviderKindEnum": "oauth.models.Kind",
     },
 }

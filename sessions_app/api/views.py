@@ -295,6 +295,7 @@ class ConversationViewSet(TenantViewSet):
         return Response(runs.usage(AgentRun.objects.filter(session=self.get_object())))
 
     @extend_schema(
+        operation_id="v1_sessions_usage_total",
         responses=s.UsageSerializer,
         description="Token usage summed over the organization's sessions (owners and admins), or the caller's own.",
     )

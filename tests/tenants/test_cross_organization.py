@@ -99,6 +99,18 @@ def a_session(organization):
         ).pk  # fmt: skip
 
 
+def a_run(organization):
+    """A session of the organization's owner with one (ended) run: the route's `pk` and `run_id`."""
+    from sessions_app.models import AgentMessage, AgentRun
+
+    session = a_session(organization)
+    with scoping.organization_scope(organization):
+        run = AgentRun.objects.create(organization=organization, session_id=session, status="completed")
+        AgentMessage.objects.create(organization=organization, session_id=session, run=run, seq=0, role="user",
+                                    content="hello")  # fmt: skip
+    return {"pk": session, "run_id": str(run.pk)}
+
+
 MCP_CONFIGURATION_ROUTES = [
     "mcp-configuration-detail", "mcp-proxy-test", "mcp-proxy-tools", "mcp-proxy-tools-call", "mcp-proxy-resources",
     "mcp-proxy-resources-read", "mcp-proxy-prompts", "mcp-proxy-prompts-get", "mcp-pins-pins", "mcp-pins-approve",
@@ -122,6 +134,11 @@ DETAIL_ROUTES = {
     "agent-detail": an_agent,
     "agent-test": an_agent,
     **dict.fromkeys(SESSION_TOOL_ROUTES, a_session),
+    "agent-session-conversation-messages": a_session,
+    "agent-session-conversation-runs-list": lambda organization: a_run(organization)["pk"],
+    "agent-session-conversation-usage": lambda organization: a_run(organization)["pk"],
+    "agent-session-conversation-run-detail": a_run,
+    "agent-session-conversation-run-cancel": a_run,
 }
 LIST_ROUTES = {
     "member-list": "/api/v1/members/",
@@ -135,7 +152,10 @@ LIST_ROUTES = {
     "agent-list": "/api/v1/agents/",
 }
 # Routes without an id: what each answers is the caller's own organization only (tested below).
-ORGANIZATION_ROUTES = {"me", "audit-verify", "audit-event-export", "oauth-authorize", "prompt-compose"}
+ORGANIZATION_ROUTES = {
+    "me", "audit-verify", "audit-event-export", "oauth-authorize", "prompt-compose",
+    "agent-session-conversation-usage-total",
+}  # fmt: skip
 # Platform operators' routes: global by design, refused to everyone else (tested below).
 OPERATOR_ROUTES = {"organization-list", "organization-detail", "mcp-stdio-template-list", "mcp-stdio-template-detail"}
 
@@ -156,10 +176,10 @@ def test_every_api_route_is_covered():
     assert missing == [], f"API routes without cross-organization coverage: {missing}"
 
 
-def detail_path(route: str, pk) -> str:
+def detail_path(route: str, target) -> str:
     from django.urls import reverse
 
-    return reverse(route, kwargs={"pk": pk})
+    return reverse(route, kwargs=target if isinstance(target, dict) else {"pk": target})
 
 
 # Served by the data plane, which reads committed rows on its own connections.
@@ -277,3 +297,37 @@ def test_another_organizations_session_mcp_endpoint_is_404(method, alice, alice_
     assert foreign.status_code == 404 and error_of(foreign)["code"] == "not_found"
     own = alice_api.request(method, path, body if method == "post" else None, **headers)
     assert own.status_code == (200 if method == "post" else 405), own.content
+
+
+@committed
+@pytest.mark.parametrize(
+    "method, path",
+    [("get", "/api/v1/sessions/{}/events/"), ("get", "/agentapi/sessions/{}/status"),
+     ("get", "/agentapi/sessions/{}/messages"), ("get", "/agentapi/sessions/{}/events"),
+     ("post", "/agentapi/sessions/{}/message")],
+)  # fmt: skip
+def test_another_organizations_session_stream_and_agentapi_routes_are_404(method, path, alice, charlie_api, acme):
+    """The event stream and the coder/agentapi routes (data-plane applications, not DRF routes)."""
+    from sessions_app.models import AgentMessage
+
+    target = a_run(acme)
+    body = {"content": "let me in", "type": "user"} if method == "post" else None
+    foreign = charlie_api.request(method, path.format(target["pk"]), body)
+    assert foreign.status_code == 404, foreign.content
+    if path.startswith("/agentapi/"):
+        assert foreign["content-type"] == "application/problem+json" and foreign.json()["title"] == "not_found"
+    else:
+        assert error_of(foreign)["code"] == "not_found"
+    with scoping.organization_scope(acme):
+        assert AgentMessage.objects.filter(session_id=target["pk"]).count() == 1  # nothing was sent
+
+
+def test_usage_counts_the_callers_organization_only(alice_api, charlie_api, acme, globex):
+    from sessions_app.models import AgentRun
+
+    for organization, tokens in ((acme, 100), (globex, 7)):
+        target = a_run(organization)
+        with scoping.organization_scope(organization):
+            AgentRun.objects.filter(pk=target["run_id"]).update(input_tokens=tokens, output_tokens=tokens)
+    assert charlie_api.get("/api/v1/sessions/usage/").json()["input_tokens"] == 7
+    assert alice_api.get("/api/v1/sessions/usage/").json()["input_tokens"] == 100
