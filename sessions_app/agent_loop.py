@@ -27,14 +27,63 @@ from sessions_app.models import AgentBackend, AgentKind
 PROBE_PROMPT = "Reply with the single word OK."
 
 
-def _http_client(backend: AgentBackend, timeout: float) -> httpx2.AsyncClient:
+class _Guarded(httpx2.AsyncBaseTransport):
+    """Every request to a backend through its circuit breaker (agentapi.resilience: shared by every
+    process through Redis): refused at once while the breaker is open; a 5xx answer or a failed
+    connection counts against it. The model SDKs' own retries (connection errors, 429, 5xx, with
+    backoff) stay on: asking a model again has no side effect, and each try passes the breaker."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, breaker):
+        self.inner, self.breaker = inner, breaker
+
+    async def handle_async_request(self, request):
+        await self.breaker.before_call()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except Exception:
+            await self.breaker.failure()
+            raise
+        await (self.breaker.failure() if response.status_code >= 500 else self.breaker.success())
+        return response
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def _http_client(backend: AgentBackend, timeout: float, breaker=None) -> httpx2.AsyncClient:
     try:
         checked = outbound.check_url(backend.base_url)
     except outbound.OutboundURLRefused as exc:
         raise APIError(exc.code, str(exc), status=400, details={"base_url": [str(exc)]}) from None
-    return httpx2.AsyncClient(
-        transport=async_pinned_transport(checked), timeout=timeout, follow_redirects=False, trust_env=False
+    transport = async_pinned_transport(checked)
+    if breaker is not None:
+        transport = _Guarded(transport, breaker)
+    return httpx2.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def breaker_for(backend: AgentBackend, redis):
+    """The backend's circuit breaker (one per backend, whatever the organization's runs)."""
+    from agentapi.resilience import Breaker
+
+    return Breaker(
+        f"agent:{backend.uuid}",
+        redis,
+        fail_max=settings.AGENT_BREAKER_FAIL_MAX,
+        reset_timeout=settings.AGENT_BREAKER_RESET_SECONDS,
     )
+
+
+def _breaker_open(exc: BaseException):
+    """The BreakerOpen behind an exception (the SDKs wrap what the transport raised), or None."""
+    from agentapi.resilience import BreakerOpen
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, BreakerOpen):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def api_key(backend: AgentBackend) -> str:
@@ -253,13 +302,25 @@ async def run_model(
 ) -> Outcome:  # fmt: skip
     """One run of an `openai` or `anthropic` backend's tool loop: the model streams, asks for tools,
     gets their results, until it answers or a limit stops it (RunStopped). `cancel` is the token
-    from `cancellation_token()`."""
+    from `cancellation_token()`. Every model request passes the backend's circuit breaker."""
+    from agentapi.resilience import SharedRedis
+
+    redis = SharedRedis(settings.REDIS_URL)
+    try:
+        return await _run_model(
+            backend, key, instructions, history, prompt, tools, call_tool, sink, cancel, breaker_for(backend, redis)
+        )
+    finally:
+        await redis.close()
+
+
+async def _run_model(backend, key, instructions, history, prompt, tools, call_tool, sink, cancel, breaker) -> Outcome:
     from pydantic_ai import Agent, UsageLimits
     from pydantic_ai.exceptions import RunCancelled, RunTimedOut, UsageLimitExceeded
     from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta, ToolCallPart
 
     steps = input_tokens = output_tokens = 0
-    async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT) as client:
+    async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker) as client:
         agent = Agent(model_for(backend, client, key), instructions=instructions or None)
         try:
             async with agent.iter(
@@ -303,6 +364,12 @@ async def run_model(
         except RunStopped:
             raise
         except Exception as exc:  # the model or its transport failed: the run's error, never its text
+            opened = _breaker_open(exc)
+            if opened is not None:
+                raise RunStopped(
+                    "agent_unavailable",
+                    f"The agent backend is failing: its circuit breaker is open (retry in {opened.retry_after} s).",
+                ) from None
             raise RunStopped("agent_error", f"The agent backend failed: {_describe(exc)}.") from None
     return Outcome(steps, input_tokens, output_tokens)
 

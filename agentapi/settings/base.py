@@ -467,6 +467,10 @@ AGENT_PROBE_TIMEOUT = env.float("AGENT_PROBE_TIMEOUT", default=20.0)
 # One request to a model (a run makes one per step) may take this long; the whole run is bounded
 # by its backend's `run_timeout_seconds`.
 AGENT_REQUEST_TIMEOUT = env.float("AGENT_REQUEST_TIMEOUT", default=120.0)
+# Each backend's circuit breaker: open after this many failed requests in a row (connection
+# errors, 5xx; shared by every process), refusing runs at once for AGENT_BREAKER_RESET_SECONDS.
+AGENT_BREAKER_FAIL_MAX = env.int("AGENT_BREAKER_FAIL_MAX", default=5)
+AGENT_BREAKER_RESET_SECONDS = env.float("AGENT_BREAKER_RESET_SECONDS", default=30.0)
 # A run's worker writes a heartbeat this often (and sees a cancel within it); a running run whose
 # heartbeat is older than AGENT_RUN_LOST_SECONDS has lost its worker and is failed by the reaper,
 # as is one no worker took within AGENT_RUN_QUEUE_SECONDS.

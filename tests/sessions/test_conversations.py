@@ -33,7 +33,8 @@ KEY = "sk-conversation-key-never-shown-0123456789"
 
 
 WORKER_ENV = {"DJANGO_SETTINGS_MODULE": "agentapi.settings.test", "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
-              "AGENT_RUN_HEARTBEAT_SECONDS": "0.5", "AGENT_RUN_LOST_SECONDS": "3", "AGENT_TEXT_COALESCE_SECONDS": "0.05"}  # fmt: skip
+              "AGENT_RUN_HEARTBEAT_SECONDS": "0.5", "AGENT_RUN_LOST_SECONDS": "3", "AGENT_TEXT_COALESCE_SECONDS": "0.05",
+              "AGENT_BREAKER_FAIL_MAX": "3", "AGENT_BREAKER_RESET_SECONDS": "600"}  # fmt: skip
 
 
 def start_worker(**env_overrides) -> subprocess.Popen:
@@ -419,3 +420,16 @@ def test_a_client_written_for_coder_agentapi_drives_a_session(alice_api, double,
     crossed = httpx.get(f"{web[1]}/agentapi/sessions/{other['id']}/status", headers=token, timeout=10)
     assert crossed.status_code == 401  # a session's token is for its own session only
     assert httpx.get(f"{base}/status", timeout=10).status_code == 401
+
+
+def test_a_failing_backend_opens_its_breaker_and_runs_are_refused_at_once(alice_api, double, worker, mcp_settings):
+    session = open_session(alice_api, backend(alice_api, double))
+    double.fail_with = 503
+    first = finished(alice_api, session, send(alice_api, session, "Anyone?")["run"]["id"])
+    assert first["status"] == "failed" and first["error"]["code"] == "agent_error", first
+    assert "503" in first["error"]["message"] and KEY not in json.dumps(first)
+    asked = len(double.requests)  # the SDK retried (5xx is safe to ask again); each try counted
+    assert asked >= int(WORKER_ENV["AGENT_BREAKER_FAIL_MAX"])
+    second = finished(alice_api, session, send(alice_api, session, "Still there?")["run"]["id"])
+    assert second["status"] == "failed" and second["error"]["code"] == "agent_unavailable", second
+    assert len(double.requests) == asked  # refused before reaching the backend
