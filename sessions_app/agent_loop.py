@@ -10,6 +10,7 @@ the checked addresses only; no proxy from the environment, no redirect. The API 
 here, handed to the provider and never logged, returned or put in an exception message.
 """
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -167,10 +168,12 @@ async def probe(backend: AgentBackend) -> dict:
 
 
 class Sink(Protocol):
-    """What a run reports, in order: text as it streams, each model response once complete (before
+    """What a run reports, in order: text as it streams (a delta, or the whole so far), each model response once complete (before
     its tools run), each tool call and its result."""
 
     async def text(self, delta: str) -> None: ...
+
+    async def set_text(self, text: str) -> None: ...
 
     async def response(self, text: str, tool_calls: list[dict], input_tokens: int, output_tokens: int) -> None: ...
 
@@ -391,3 +394,95 @@ def tool_text(result: dict) -> str:
     if not parts and result.get("structured_content") is not None:
         parts.append(json.dumps(result["structured_content"], separators=(",", ":")))
     return "\n".join(parts)
+
+
+# -- a coder/agentapi server --------------------------------------------------------------------
+
+
+def _sse_events(lines):
+    """(event, data) pairs from Server-Sent Event lines (an async iterator)."""
+
+    async def parse():
+        event, data = None, []
+        async for line in lines:
+            if line == "":
+                if data:
+                    try:
+                        yield event, json.loads("\n".join(data))
+                    except ValueError:
+                        pass
+                event, data = None, []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+
+    return parse()
+
+
+async def run_agentapi(backend: AgentBackend, *, key: str, prompt: str, sink: Sink, cancel) -> Outcome:
+    """One run of an `agentapi` backend: the message is posted to the coder/agentapi server (it
+    must be `stable`), and its events followed until the agent is stable again; the agent's reply
+    streams to the sink as it grows. A cancel sends the terminal an Escape (agentapi's `raw`
+    message), which stops the agents it fronts. The terminal agent uses the platform's tools at
+    the session's MCP endpoint, as its own MCP configuration tells it."""
+    from agentapi.resilience import SharedRedis
+
+    base = backend.base_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    redis = SharedRedis(settings.REDIS_URL)
+    timeout = httpx2.Timeout(settings.AGENT_REQUEST_TIMEOUT, read=None)  # the events stream waits
+    try:
+        async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker_for(backend, redis)) as client:
+
+            async def follow() -> str:
+                async with client.stream("GET", f"{base}/events", headers=headers, timeout=timeout) as stream:
+                    if stream.status_code != 200:
+                        raise RunStopped("agent_error", f"The agentapi server answered HTTP {stream.status_code}.")
+                    known, posted, running, reply = -1, False, False, ""
+                    async for event, data in _sse_events(stream.aiter_lines()):
+                        if event == "message_update" and not posted:
+                            known = max(known, int(data.get("id", -1)))
+                        elif event == "message_update" and data.get("role") == "agent" and data.get("id", -1) > known:
+                            reply = data.get("message", "")
+                            await sink.set_text(reply)
+                        elif event == "status_change" and not posted:
+                            if data.get("status") != "stable":
+                                raise RunStopped("agent_busy", "The terminal agent is busy with something else.")
+                            answer = await client.post(f"{base}/message", headers=headers,
+                                                       json={"content": prompt, "type": "user"})  # fmt: skip
+                            if answer.status_code != 200 or not answer.json().get("ok"):
+                                raise RunStopped("agent_error", f"The agentapi server refused the message "
+                                                 f"(HTTP {answer.status_code}).")  # fmt: skip
+                            posted = True
+                        elif event == "status_change":
+                            running = running or data.get("status") == "running"
+                            if running and data.get("status") == "stable":
+                                return reply
+                raise RunStopped("agent_error", "The agentapi server ended its event stream mid-run.")
+
+            following = asyncio.ensure_future(follow())
+            deadline = time.monotonic() + backend.setting("run_timeout_seconds")
+            while not following.done():
+                await asyncio.wait([following], timeout=0.2)
+                if time.monotonic() > deadline and not following.done():
+                    following.cancel()
+                    raise RunStopped("timed_out", "The run took longer than its backend's run_timeout_seconds.")
+                if cancel.cancelled and not following.done():
+                    following.cancel()
+                    await client.post(f"{base}/message", headers=headers, json={"content": "\x1b", "type": "raw"})
+                    raise RunStopped("cancelled", "The run was cancelled.")
+            try:
+                reply = following.result()
+            except RunStopped:
+                raise
+            except Exception as exc:
+                opened = _breaker_open(exc)
+                if opened is not None:
+                    raise RunStopped("agent_unavailable", "The agent backend is failing: its circuit breaker is "
+                                     f"open (retry in {opened.retry_after} s).") from None  # fmt: skip
+                raise RunStopped("agent_error", f"The agent backend failed: {_describe(exc)}.") from None
+    finally:
+        await redis.close()
+    await sink.response(reply, [], 0, 0)
+    return Outcome(1, 0, 0)

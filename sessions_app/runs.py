@@ -33,6 +33,7 @@ from audit.services import audit_record
 from sessions_app import agent_loop, events, tools
 from sessions_app.models import (
     AgentBackend,
+    AgentKind,
     AgentMessage,
     AgentRun,
     AgentSession,
@@ -217,13 +218,17 @@ class RunSink:
             first_event_seconds.observe(elapsed)
 
     async def text(self, delta: str) -> None:
+        await self.set_text(self.text_so_far + delta)
+
+    async def set_text(self, text: str) -> None:
+        """The streamed reply so far, whole (an agentapi server sends it so)."""
         if self.message is None:
 
             def start():
                 self.message = _append_message(self.session, run=self.run, role=MessageRole.ASSISTANT, content="")
 
             await self._write(start)
-        self.text_so_far += delta
+        self.text_so_far = text
         wait = self.last_flush + settings.AGENT_TEXT_COALESCE_SECONDS - time.monotonic()
         if wait <= 0:
             await self._flush()
@@ -359,7 +364,8 @@ async def _drive(run: AgentRun, key: str) -> None:
             .values("seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id")
         )
         prompt_at = max(i for i, m in enumerate(conversation) if m["run_id"] == run.pk and m["role"] == "user")
-        listed, _unavailable = tools.list_tools(session)
+        # A terminal agent finds the session's tools itself, at its MCP endpoint.
+        listed = tools.list_tools(session)[0] if backend.kind != AgentKind.AGENTAPI else []
         return conversation[:prompt_at], conversation[prompt_at]["content"], listed
 
     history, prompt, listed = await sync_to_async(load, thread_sensitive=False)()
@@ -390,10 +396,13 @@ async def _drive(run: AgentRun, key: str) -> None:
 
     beating = asyncio.ensure_future(heartbeat())
     try:
-        outcome = await agent_loop.run_model(
-            backend, key=key, instructions=session.system_prompt, history=history, prompt=prompt, tools=listed,
-            call_tool=call_tool, sink=sink, cancel=cancel,
-        )  # fmt: skip
+        if backend.kind == AgentKind.AGENTAPI:
+            outcome = await agent_loop.run_agentapi(backend, key=key, prompt=prompt, sink=sink, cancel=cancel)
+        else:
+            outcome = await agent_loop.run_model(
+                backend, key=key, instructions=session.system_prompt, history=history, prompt=prompt, tools=listed,
+                call_tool=call_tool, sink=sink, cancel=cancel,
+            )  # fmt: skip
     except Stopped:
         return  # cancelled (or failed by the reaper) while it wrote: it has ended already
     except agent_loop.RunStopped as stopped:

@@ -24,6 +24,12 @@ class ModelDouble:
         self.reply = "The double has answered."
         self.delay = 0.0
         self.chunk_delay = 0.0
+        # The coder/agentapi double: a terminal agent's transcript, its status and subscribers.
+        self.transcript: list[dict] = [{"id": 0, "role": "agent", "content": "Welcome to the double's terminal.",
+                                        "time": self._now()}]  # fmt: skip
+        self.agent_status = "stable"
+        self.raw: list[str] = []
+        self.subscribers: list[asyncio.Queue] = []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()
@@ -36,6 +42,9 @@ class ModelDouble:
         app.router.add_post("/v1/chat/completions", self.openai)
         app.router.add_post("/v1/messages", self.anthropic)
         app.router.add_get("/agentapi/status", self.agentapi_status)
+        app.router.add_get("/agentapi/messages", self.agentapi_messages)
+        app.router.add_post("/agentapi/message", self.agentapi_message)
+        app.router.add_get("/agentapi/events", self.agentapi_events)
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -160,6 +169,73 @@ class ModelDouble:
                                 "usage": {"output_tokens": 7}}  # fmt: skip
         yield "message_stop", {"type": "message_stop"}
 
+    @staticmethod
+    def _now() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def _publish(self, event: str, data: dict) -> None:
+        for queue in self.subscribers:
+            queue.put_nowait((event, data))
+
+    def _update(self, message: dict) -> None:
+        self._publish("message_update", {"id": message["id"], "message": message["content"], "role": message["role"],
+                                         "time": message["time"]})  # fmt: skip
+
+    def _status(self, status: str) -> None:
+        self.agent_status = status
+        self._publish("status_change", {"status": status, "agent_type": "claude"})
+
     async def agentapi_status(self, request):
         self._record(request, None)
-        return self._failure() or web.json_response({"status": "stable", "agent_type": "claude"})
+        return self._failure() or web.json_response({"status": self.agent_status, "agent_type": "claude"})
+
+    async def agentapi_messages(self, request):
+        self._record(request, None)
+        return web.json_response({"messages": self.transcript})
+
+    async def agentapi_message(self, request):
+        body = await request.json()
+        self._record(request, body)
+        if body.get("type") == "raw":
+            self.raw.append(body["content"])
+            return web.json_response({"ok": True})
+        if self.agent_status != "stable":
+            return web.json_response({"title": "Bad Request", "status": 400, "detail": "agent is running"}, status=400)
+        user = {"id": len(self.transcript), "role": "user", "content": body["content"], "time": self._now()}
+        self.transcript.append(user)
+        self._update(user)
+        self._status("running")
+        self.loop.create_task(self._answer())
+        return web.json_response({"ok": True})
+
+    async def _answer(self):
+        reply = {"id": len(self.transcript), "role": "agent", "content": "", "time": self._now()}
+        self.transcript.append(reply)
+        await asyncio.sleep(self.delay)
+        for word in self._words():
+            if self.raw and self.raw[-1] == "\x1b":  # Escape: the terminal agent stops
+                break
+            await asyncio.sleep(self.chunk_delay)
+            reply["content"] += word
+            self._update(reply)
+        self._status("stable")
+
+    async def agentapi_events(self, request):
+        self._record(request, None)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue()
+        for message in self.transcript:  # as agentapi does: first the state, then what happens
+            queue.put_nowait(("message_update", {"id": message["id"], "message": message["content"],
+                                                 "role": message["role"], "time": message["time"]}))  # fmt: skip
+        queue.put_nowait(("status_change", {"status": self.agent_status, "agent_type": "claude"}))
+        self.subscribers.append(queue)
+        try:
+            while True:
+                event, data = await queue.get()
+                await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.subscribers.remove(queue)
+        return response

@@ -433,3 +433,33 @@ def test_a_failing_backend_opens_its_breaker_and_runs_are_refused_at_once(alice_
     second = finished(alice_api, session, send(alice_api, session, "Still there?")["run"]["id"])
     assert second["status"] == "failed" and second["error"]["code"] == "agent_unavailable", second
     assert len(double.requests) == asked  # refused before reaching the backend
+
+
+def test_an_agentapi_backend_runs_the_terminal_agent_behind_coder_agentapi(
+    alice_api, acme, double, worker, mcp_settings
+):
+    created = alice_api.post("/api/v1/agents/", {"name": "terminal", "kind": "agentapi",
+                                                 "base_url": f"{double.url}/agentapi", "api_key": KEY})  # fmt: skip
+    assert created.status_code == 201, created.content
+    session = open_session(alice_api, created.json())
+    double.reply = "I have edited the files as asked."
+    double.chunk_delay = 0.02
+    run = finished(alice_api, session, send(alice_api, session, "Edit the files.")["run"]["id"])
+    assert run["status"] == "completed", run
+    messages = alice_api.get(f"{SESSIONS}{session['id']}/messages/").json()["results"]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "Edit the files."),
+                                                            ("assistant", double.reply)]  # fmt: skip
+    assert double.transcript[-2]["content"] == "Edit the files."
+    posted = [r for r in double.requests if r["path"] == "/agentapi/message"]
+    assert posted[0]["body"] == {"content": "Edit the files.", "type": "user"}
+    assert posted[0]["headers"]["authorization"] == f"Bearer {KEY}"
+    # A cancel reaches the terminal as an Escape.
+    double.delay = 3.0
+    sent = send(alice_api, session, "Start something long.")
+    time.sleep(1.0)
+    cancelled = alice_api.post(f"{SESSIONS}{session['id']}/runs/{sent['run']['id']}/cancel/")
+    assert cancelled.json()["status"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while "\x1b" not in double.raw:
+        assert time.monotonic() < deadline, double.raw
+        time.sleep(0.1)
