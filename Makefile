@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-prompts: $(BIN)/.installed
 
 bench-sessions: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_sessions.py
+
+bench-agents: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_agents.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -13,7 +13,9 @@ replaced by an equal one that connects through the pinned backend. aiohttp takes
 pinned one answers the checked addresses for the checked origin and nothing for any other.
 """
 
+import functools
 import socket
+import ssl
 
 import aiohttp
 import httpcore2
@@ -111,18 +113,24 @@ def pinned_session(
     )
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The platform's TLS client context (certificates verified against the system's authorities),
+    made once per process: loading the authorities costs ~40 ms of CPU, which every new transport
+    paid before (an agent run makes one). An SSLContext is safe to share between connections."""
+    return httpx2.create_ssl_context(trust_env=False)
+
+
 def pinned_transport(checked: outbound.CheckedURL) -> httpx2.HTTPTransport:
-    transport = httpx2.HTTPTransport(trust_env=False)
-    transport._pool = httpcore2.ConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=PinnedBackend(checked)
-    )
+    transport = httpx2.HTTPTransport(verify=_ssl_context(), trust_env=False)
+    transport._pool = httpcore2.ConnectionPool(ssl_context=_ssl_context(), network_backend=PinnedBackend(checked))
     return transport
 
 
 def async_pinned_transport(checked: outbound.CheckedURL) -> httpx2.AsyncHTTPTransport:
-    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    transport = httpx2.AsyncHTTPTransport(verify=_ssl_context(), trust_env=False)
     transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=httpx2.create_ssl_context(trust_env=False), network_backend=AsyncPinnedBackend(checked)
+        ssl_context=_ssl_context(), network_backend=AsyncPinnedBackend(checked)
     )
     return transport
 

@@ -62,6 +62,45 @@ def _http_client(backend: AgentBackend, timeout: float, breaker=None) -> httpx2.
     return httpx2.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
 
+# Each backend's model (its SDK client, the pinned HTTP client with its open connections, the
+# breaker) and agent, kept per event loop while the backend's revision (its URL, model and key)
+# stays: a run reuses them instead of building them and connecting again (the worker runs every
+# run on one loop: mcp.pool's). Bounded; the oldest goes first.
+_agents: dict[tuple, tuple] = {}
+MAX_KEPT_AGENTS = 64
+
+
+def _agent_for(backend: AgentBackend, key: str):
+    from pydantic_ai import Agent
+
+    loop = asyncio.get_running_loop()
+    cache_key = (backend.pk, backend.revision, id(loop))
+    found = _agents.get(cache_key)
+    if found is not None and found[0] is loop:
+        return found[2]
+    for stale in [k for k in _agents if k[:2] == cache_key[:2] or len(_agents) >= MAX_KEPT_AGENTS][:1]:
+        _, _, _, old_client = _agents.pop(stale)
+        loop.create_task(old_client.aclose())
+    client = _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker_for(backend, _redis(loop)))
+    agent = Agent(model_for(backend, client, key))
+    _agents[cache_key] = (loop, backend.revision, agent, client)
+    return agent
+
+
+_redises: dict[int, object] = {}
+
+
+def _redis(loop):
+    """A Redis client for breakers on this loop: the MCP pool's when this is its loop."""
+    from agentapi.resilience import SharedRedis
+    from mcp.pool import shared_redis
+
+    found = shared_redis() or _redises.get(id(loop))
+    if found is None:
+        found = _redises[id(loop)] = SharedRedis(settings.REDIS_URL)
+    return found
+
+
 def breaker_for(backend: AgentBackend, redis):
     """The backend's circuit breaker (one per backend, whatever the organization's runs)."""
     from agentapi.resilience import Breaker
@@ -306,74 +345,62 @@ async def run_model(
     """One run of an `openai` or `anthropic` backend's tool loop: the model streams, asks for tools,
     gets their results, until it answers or a limit stops it (RunStopped). `cancel` is the token
     from `cancellation_token()`. Every model request passes the backend's circuit breaker."""
-    from agentapi.resilience import SharedRedis
-
-    redis = SharedRedis(settings.REDIS_URL)
-    try:
-        return await _run_model(
-            backend, key, instructions, history, prompt, tools, call_tool, sink, cancel, breaker_for(backend, redis)
-        )
-    finally:
-        await redis.close()
-
-
-async def _run_model(backend, key, instructions, history, prompt, tools, call_tool, sink, cancel, breaker) -> Outcome:
     from pydantic_ai import Agent, UsageLimits
     from pydantic_ai.exceptions import RunCancelled, RunTimedOut, UsageLimitExceeded
     from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta, ToolCallPart
 
     steps = input_tokens = output_tokens = 0
-    async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker) as client:
-        agent = Agent(model_for(backend, client, key), instructions=instructions or None)
-        try:
-            async with agent.iter(
-                prompt,
-                message_history=_history(history),
-                toolsets=[_toolset(tools, call_tool, sink)] if tools else None,
-                model_settings=_model_settings(backend) or None,
-                usage_limits=UsageLimits(request_limit=backend.setting("max_steps")),
-                timeout=backend.setting("run_timeout_seconds"),
-                cancellation_token=cancel,
-            ) as run:
-                async for node in run:
-                    if Agent.is_model_request_node(node):
-                        async with node.stream(run.ctx) as stream:
-                            async for event in stream:
-                                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-                                    if event.part.content:
-                                        await sink.text(event.part.content)
-                                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-                                    if event.delta.content_delta:
-                                        await sink.text(event.delta.content_delta)
-                    elif Agent.is_call_tools_node(node):
-                        response = node.model_response
-                        steps += 1
-                        usage = response.usage
-                        input_tokens += usage.input_tokens or 0
-                        output_tokens += usage.output_tokens or 0
-                        text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
-                        calls = [
-                            {"id": part.tool_call_id, "name": part.tool_name, "arguments": part.args_as_dict()}
-                            for part in response.parts
-                            if isinstance(part, ToolCallPart)
-                        ]
-                        await sink.response(text, calls, usage.input_tokens or 0, usage.output_tokens or 0)
-        except RunTimedOut:
-            raise RunStopped("timed_out", "The run took longer than its backend's run_timeout_seconds.") from None
-        except RunCancelled:
-            raise RunStopped("cancelled", "The run was cancelled.") from None
-        except UsageLimitExceeded:
-            raise RunStopped("max_steps", "The run reached its backend's max_steps.") from None
-        except RunStopped:
-            raise
-        except Exception as exc:  # the model or its transport failed: the run's error, never its text
-            opened = _breaker_open(exc)
-            if opened is not None:
-                raise RunStopped(
-                    "agent_unavailable",
-                    f"The agent backend is failing: its circuit breaker is open (retry in {opened.retry_after} s).",
-                ) from None
-            raise RunStopped("agent_error", f"The agent backend failed: {_describe(exc)}.") from None
+    agent = _agent_for(backend, key)
+    try:
+        async with agent.iter(
+            prompt,
+            instructions=instructions or None,
+            message_history=_history(history),
+            toolsets=[_toolset(tools, call_tool, sink)] if tools else None,
+            model_settings=_model_settings(backend) or None,
+            usage_limits=UsageLimits(request_limit=backend.setting("max_steps")),
+            timeout=backend.setting("run_timeout_seconds"),
+            cancellation_token=cancel,
+        ) as run:
+            async for node in run:
+                if Agent.is_model_request_node(node):
+                    async with node.stream(run.ctx) as stream:
+                        async for event in stream:
+                            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                                if event.part.content:
+                                    await sink.text(event.part.content)
+                            elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                                if event.delta.content_delta:
+                                    await sink.text(event.delta.content_delta)
+                elif Agent.is_call_tools_node(node):
+                    response = node.model_response
+                    steps += 1
+                    usage = response.usage
+                    input_tokens += usage.input_tokens or 0
+                    output_tokens += usage.output_tokens or 0
+                    text = "".join(part.content for part in response.parts if isinstance(part, TextPart))
+                    calls = [
+                        {"id": part.tool_call_id, "name": part.tool_name, "arguments": part.args_as_dict()}
+                        for part in response.parts
+                        if isinstance(part, ToolCallPart)
+                    ]
+                    await sink.response(text, calls, usage.input_tokens or 0, usage.output_tokens or 0)
+    except RunTimedOut:
+        raise RunStopped("timed_out", "The run took longer than its backend's run_timeout_seconds.") from None
+    except RunCancelled:
+        raise RunStopped("cancelled", "The run was cancelled.") from None
+    except UsageLimitExceeded:
+        raise RunStopped("max_steps", "The run reached its backend's max_steps.") from None
+    except RunStopped:
+        raise
+    except Exception as exc:  # the model or its transport failed: the run's error, never its text
+        opened = _breaker_open(exc)
+        if opened is not None:
+            raise RunStopped(
+                "agent_unavailable",
+                f"The agent backend is failing: its circuit breaker is open (retry in {opened.retry_after} s).",
+            ) from None
+        raise RunStopped("agent_error", f"The agent backend failed: {_describe(exc)}.") from None
     return Outcome(steps, input_tokens, output_tokens)
 
 

@@ -34,21 +34,30 @@ def channel(session_id) -> str:
     return f"{CHANNEL_PREFIX}{session_id}"
 
 
-def append(session: AgentSession, type_: str, data: dict, *, run_id=None) -> AgentEvent:
-    """Store one event of a session and wake its streams once it is committed."""
+def append(session: AgentSession, type_: str, data: dict, *, run_id=None, locked: bool = False) -> AgentEvent:
+    """Store one event of a session and wake its streams once it is committed. `locked`: the
+    caller's transaction holds the session's lock already (sessions_app.runs)."""
+    return append_many(session, [(type_, data)], run_id=run_id, locked=locked)[0]
+
+
+def append_many(session: AgentSession, items, *, run_id=None, locked: bool = False) -> list[AgentEvent]:
+    """append() for several events, in order, in one insert."""
     session_id = session.pk
     with transaction.atomic():
-        # The session's row, locked: one session's event ids commit in the order they are taken.
-        lock(session_id)
-        event = AgentEvent.objects.create(
-            organization_id=session.organization_id,
-            session_id=session_id,
-            run_id=run_id,
-            type=type_,
-            data=data,
+        if not locked:
+            # The session's row, locked: one session's event ids commit in the order they are taken.
+            lock(session_id)
+        created = AgentEvent.objects.bulk_create(
+            [
+                AgentEvent(
+                    organization_id=session.organization_id, session_id=session_id, run_id=run_id, type=type_, data=data
+                )  # fmt: skip
+                for type_, data in items
+            ]
         )
-        transaction.on_commit(lambda: publish(session_id, event.pk))
-    return event
+        last = created[-1].pk
+        transaction.on_commit(lambda: publish(session_id, last))
+    return created
 
 
 def lock(session_id) -> None:

@@ -32,7 +32,6 @@ from agentapi.errors import APIError
 from audit.services import audit_record
 from sessions_app import agent_loop, events, tools
 from sessions_app.models import (
-    AgentBackend,
     AgentKind,
     AgentMessage,
     AgentRun,
@@ -75,7 +74,6 @@ def _append_message(session: AgentSession, **fields) -> AgentMessage:
     )
 
 
-@transaction.atomic
 def message_send(*, principal, session: AgentSession, content) -> tuple[AgentMessage, AgentRun]:
     """Store the user's message and start a run (queued once committed)."""
     if not isinstance(content, str) or not content.strip():
@@ -83,33 +81,47 @@ def message_send(*, principal, session: AgentSession, content) -> tuple[AgentMes
     if len(content) > MAX_MESSAGE_CHARS:
         raise APIError("invalid", f"A message is at most {MAX_MESSAGE_CHARS} characters.",
                        details={"content": [f"At most {MAX_MESSAGE_CHARS} characters."]})  # fmt: skip
-    events.lock(session.pk)
-    session.refresh_from_db(fields=["status", "expires_at", "ends_at", "agent"])
-    tools.require_active(session)
-    backend = AgentBackend.objects.filter(pk=session.agent_id).first() if session.agent_id else None
+    try:
+        return _message_send(session, content)
+    except IntegrityError:
+        # A run is going: the partial unique index on running runs refused this one (the session's
+        # lock made this request wait for the other to commit first). Nothing was stored.
+        raise APIError(
+            "session_busy", "The agent is still answering: wait for it, or cancel its run.", status=409
+        ) from None
+
+
+@transaction.atomic
+def _message_send(session: AgentSession, content: str) -> tuple[AgentMessage, AgentRun]:
+    # The session's row, locked, read with its backend: one statement.
+    current = (
+        AgentSession.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("agent")
+        .filter(pk=session.pk)
+        .first()
+    )
+    if current is None:
+        raise APIError("not_found", "Not found.", status=404)
+    tools.require_active(current)
+    backend = current.agent
     if backend is None:
         raise APIError("no_agent", "This session has no agent backend: choose one when opening a session.", status=409)
     if not backend.enabled:
         raise APIError("agent_disabled", "This session's agent backend is disabled.", status=409)
-    if AgentRun.objects.filter(session=session, status=RunStatus.RUNNING).exists():
-        raise APIError("session_busy", "The agent is still answering: wait for it, or cancel its run.", status=409)
-    try:
-        with transaction.atomic():
-            run = AgentRun.objects.create(organization_id=session.organization_id, session=session, backend=backend)
-    except IntegrityError:  # the partial unique index: another run started meanwhile
-        raise APIError("session_busy", "The agent is still answering.", status=409) from None
-    message = _append_message(session, run=run, role=MessageRole.USER, content=content)
-    events.append(session, EventType.MESSAGE_UPDATE, message_data(message), run_id=run.pk)
-    events.append(session, EventType.STATUS_CHANGE, {"status": "running", "run": str(run.pk)}, run_id=run.pk)
+    run = AgentRun.objects.create(organization_id=current.organization_id, session=current, backend=backend)
+    message = _append_message(current, run=run, role=MessageRole.USER, content=content)
+    status = {"status": "running", "run": str(run.pk)}
+    events.append_many(current, [(EventType.MESSAGE_UPDATE, message_data(message)), (EventType.STATUS_CHANGE, status)],
+                       run_id=run.pk, locked=True)  # fmt: skip
     audit_record(
         "agent.message",
         target=run,
-        organization_id=session.organization_id,
-        details={"session": str(session.pk), "run": str(run.pk), "backend": backend.pk, "characters": len(content)},
+        organization_id=current.organization_id,
+        details={"session": str(current.pk), "run": str(run.pk), "backend": backend.pk, "characters": len(content)},
     )
     from sessions_app.tasks import agent_run
 
-    organization_id, run_id = session.organization_id, str(run.pk)
+    organization_id, run_id = current.organization_id, str(run.pk)
     transaction.on_commit(lambda: agent_run.delay(organization_id, run_id))
     return message, run
 
@@ -126,12 +138,10 @@ def _finish(run: AgentRun, status: str, error: dict | None = None) -> bool:
         if not ended:
             return False
         run.refresh_from_db()
-        session = AgentSession.objects.get(pk=run.session_id)
-        if error is not None:
-            events.append(session, EventType.AGENT_ERROR, {**error, "run": str(run.pk)}, run_id=run.pk)
-        events.append(
-            session, EventType.STATUS_CHANGE, {"status": "stable", "run": str(run.pk), "outcome": status}, run_id=run.pk
-        )
+        session = AgentSession(pk=run.session_id, organization_id=run.organization_id)
+        items = [(EventType.AGENT_ERROR, {**error, "run": str(run.pk)})] if error is not None else []
+        items.append((EventType.STATUS_CHANGE, {"status": "stable", "run": str(run.pk), "outcome": status}))
+        events.append_many(session, items, run_id=run.pk, locked=True)
         audit_record(
             f"agent.run.{status}",
             target=run,
@@ -180,8 +190,14 @@ class Stopped(agent_loop.RunStopped):
         super().__init__("stopped", "The run has ended.")
 
 
-def _still_running(run_id) -> None:
-    if not AgentRun.objects.filter(pk=run_id, status=RunStatus.RUNNING).exists():
+def _lock_while_running(session_id, run_id) -> None:
+    """Take the session's lock, if the run is still running (one statement); else Stopped."""
+    locked = (
+        AgentSession.objects.select_for_update(no_key=True, of=("self",))
+        .filter(pk=session_id, runs__pk=run_id, runs__status=RunStatus.RUNNING)
+        .values_list("pk")
+    )
+    if not list(locked):
         raise Stopped()
 
 
@@ -204,8 +220,7 @@ class RunSink:
     def _write(self, func):
         def guarded():
             with transaction.atomic():
-                events.lock(self.session.pk)
-                _still_running(self.run.pk)
+                _lock_while_running(self.session.pk, self.run.pk)
                 return func()
 
         return self.db(guarded)()
@@ -222,13 +237,10 @@ class RunSink:
 
     async def set_text(self, text: str) -> None:
         """The streamed reply so far, whole (an agentapi server sends it so)."""
-        if self.message is None:
-
-            def start():
-                self.message = _append_message(self.session, run=self.run, role=MessageRole.ASSISTANT, content="")
-
-            await self._write(start)
         self.text_so_far = text
+        if self.message is None:  # the reply's message and its first update: one write
+            await self._flush()
+            return
         wait = self.last_flush + settings.AGENT_TEXT_COALESCE_SECONDS - time.monotonic()
         if wait <= 0:
             await self._flush()
@@ -240,14 +252,16 @@ class RunSink:
         self.flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
-        if self.message is None or self.text_so_far == self.sent:
+        if self.text_so_far == self.sent:
             return
         self.last_flush = time.monotonic()
-        text, message = self.text_so_far, self.message
+        text = self.text_so_far
 
         def write():
-            data = {**message_data(message), "content": text}
-            events.append(self.session, EventType.MESSAGE_UPDATE, data, run_id=self.run.pk)
+            if self.message is None:
+                self.message = _append_message(self.session, run=self.run, role=MessageRole.ASSISTANT, content="")
+            data = {**message_data(self.message), "content": text}
+            events.append(self.session, EventType.MESSAGE_UPDATE, data, run_id=self.run.pk, locked=True)
             self._first_output()
 
         self.sent = text
@@ -271,7 +285,9 @@ class RunSink:
                 message.content, message.tool_calls = text, tool_calls
                 message.save(update_fields=["content", "tool_calls"])
             if message is not None and text:
-                events.append(self.session, EventType.MESSAGE_UPDATE, message_data(message), run_id=self.run.pk)
+                events.append(
+                    self.session, EventType.MESSAGE_UPDATE, message_data(message), run_id=self.run.pk, locked=True
+                )
                 self._first_output()
             AgentRun.objects.filter(pk=self.run.pk).update(
                 steps=models.F("steps") + 1,
@@ -287,7 +303,7 @@ class RunSink:
     async def tool_call(self, call_id: str, name: str, arguments: dict) -> None:
         def write():
             data = {"id": call_id, "name": name, "arguments": arguments, "run": str(self.run.pk)}
-            events.append(self.session, EventType.TOOL_CALL, data, run_id=self.run.pk)
+            events.append(self.session, EventType.TOOL_CALL, data, run_id=self.run.pk, locked=True)
             self._first_output()
             AgentRun.objects.filter(pk=self.run.pk).update(tool_calls=models.F("tool_calls") + 1)
 
@@ -298,7 +314,7 @@ class RunSink:
             _append_message(self.session, run=self.run, role=MessageRole.TOOL, content=content,
                             tool_call_id=call_id, tool_name=name, is_error=is_error)  # fmt: skip
             data = {"id": call_id, "name": name, "content": content, "is_error": is_error, "run": str(self.run.pk)}
-            events.append(self.session, EventType.TOOL_RESULT, data, run_id=self.run.pk)
+            events.append(self.session, EventType.TOOL_RESULT, data, run_id=self.run.pk, locked=True)
 
         await self._write(write)
 
@@ -338,7 +354,12 @@ def execute(run_id) -> str:
         _finish(run, RunStatus.FAILED, {"code": exc.error_code, "message": str(exc.detail)})
         return RunStatus.FAILED
     try:
-        asyncio.run(_drive(run, key))
+        # On the worker's one long-lived loop (the MCP pool's), where each backend's client and its
+        # open connections are kept between runs (sessions_app.agent_loop).
+        from mcp import pool
+
+        prepared = _prepare(run)
+        pool.run_on_pool_loop(_drive, run, key, prepared, timeout=backend.setting("run_timeout_seconds") + 60)
     except Exception:
         log.exception("agent run failed", extra={"run": str(run.pk)})
         _finish(
@@ -348,7 +369,21 @@ def execute(run_id) -> str:
     return run.status
 
 
-async def _drive(run: AgentRun, key: str) -> None:
+def _prepare(run: AgentRun) -> tuple[list[dict], str, list[dict]]:
+    """(the conversation before the run's message, that message, the session's tools)."""
+    session, backend = run.session, run.backend
+    conversation = list(
+        AgentMessage.objects.filter(session=session)
+        .order_by("seq")
+        .values("seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id")
+    )
+    prompt_at = max(i for i, m in enumerate(conversation) if m["run_id"] == run.pk and m["role"] == "user")
+    # A terminal agent finds the session's tools itself, at its MCP endpoint.
+    listed = tools.list_tools(session)[0] if backend.kind != AgentKind.AGENTAPI else []
+    return conversation[:prompt_at], conversation[prompt_at]["content"], listed
+
+
+async def _drive(run: AgentRun, key: str, prepared) -> None:
     # Database writes go to one thread, in order; tool calls each to a thread of their own, so a
     # slow tool holds up neither the heartbeat nor the others.
     def db(func):
@@ -356,19 +391,7 @@ async def _drive(run: AgentRun, key: str) -> None:
 
     session = run.session
     backend = run.backend
-
-    def load():
-        conversation = list(
-            AgentMessage.objects.filter(session=session)
-            .order_by("seq")
-            .values("seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id")
-        )
-        prompt_at = max(i for i, m in enumerate(conversation) if m["run_id"] == run.pk and m["role"] == "user")
-        # A terminal agent finds the session's tools itself, at its MCP endpoint.
-        listed = tools.list_tools(session)[0] if backend.kind != AgentKind.AGENTAPI else []
-        return conversation[:prompt_at], conversation[prompt_at]["content"], listed
-
-    history, prompt, listed = await sync_to_async(load, thread_sensitive=False)()
+    history, prompt, listed = prepared
 
     def call(name: str, arguments: dict) -> tuple[str, bool]:
         try:

@@ -17,7 +17,8 @@ from aiohttp import web
 
 
 class ModelDouble:
-    def __init__(self):
+    def __init__(self, port: int = 0):
+        self.wanted_port = port
         self.requests: list[dict] = []
         self.fail_with: int | None = None
         self.tool_calls: list[tuple[str, dict]] = []
@@ -47,7 +48,7 @@ class ModelDouble:
         app.router.add_get("/agentapi/events", self.agentapi_events)
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", self.wanted_port)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]
         started.set()
@@ -239,3 +240,31 @@ class ModelDouble:
         finally:
             self.subscribers.remove(queue)
         return response
+
+
+def main() -> None:
+    """`python -m tests.sessions.model_doubles [--port N] [--reply TEXT] [--tool NAME JSON]...`: the
+    doubles on their own, for the README's tour and benchmarks (OpenAI-compatible at <url>/v1,
+    Anthropic at <url>, coder/agentapi at <url>/agentapi). Ctrl-C stops it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reply", default="Hello! I am the model double; no model was harmed.")
+    parser.add_argument("--tool", nargs=2, action="append", default=[], metavar=("NAME", "ARGUMENTS_JSON"),
+                        help="a tool call to answer the user's message with (repeatable)")  # fmt: skip
+    parser.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between streamed words")
+    args = parser.parse_args()
+    double = ModelDouble(port=args.port)
+    double.reply, double.chunk_delay = args.reply, args.chunk_delay
+    double.tool_calls = [(name, json.loads(arguments)) for name, arguments in args.tool]
+    print(f"model double on {double.url}: OpenAI-compatible {double.url}/v1, Anthropic {double.url}, "
+          f"coder/agentapi {double.url}/agentapi", flush=True)  # fmt: skip
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
