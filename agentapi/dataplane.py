@@ -7,7 +7,7 @@ event loop that the MCP pool shares: no thread is held while an upstream server 
 call costs no thread hand-off.
 
 A route's handler is `async def handler(request: Request, **path_kwargs) -> dict` (the JSON body
-of a 200) and raises DRF's APIException family for client errors, exactly as a DRF view does. This
+of a 200, or of the `status` the dict carries as an attribute) and raises DRF's APIException family for client errors, exactly as a DRF view does. This
 module gives every route what the management plane's middleware gives a view, from the same shared
 functions: the host check (ALLOWED_HOSTS), the HTTPS redirect, body limits (413), the request id
 and context, one JSON access-log line, the request metrics, the security headers, and the error
@@ -321,7 +321,8 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
             query=parse_qs(scope.get("query_string", b"").decode("latin-1")),
             body=body,
         )
-        return 200, await _handler(route.handler)(request, **kwargs), {}
+        answer = await _handler(route.handler)(request, **kwargs)
+        return getattr(answer, "status", 200), answer, {}
     except exceptions.APIException as exc:
         return errors.api_error_parts(exc, challenge=CHALLENGE)
     except Exception:

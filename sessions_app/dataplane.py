@@ -369,3 +369,155 @@ async def prompt_get(request, session_id: str) -> dict:
     return await _handle(
         request, session_id, _PromptGet, _by_name, lambda found, v: get_prompt(found, v["name"], v["arguments"])
     )
+
+
+# -- sending a message ------------------------------------------------------------------------------
+# POST /api/v1/sessions/{id}/messages/ on the data plane: the management plane's
+# sessions_app.runs.message_send in one statement, run in authentication's round trip, then the
+# audit record. The statement stores the run, the message and its two events only when the session
+# is the caller's, active, and has an enabled backend; the partial unique index on running runs
+# refuses a second run (session_busy), as on the management plane. No row lock is needed for the
+# events' order: a run is inserted only when none is running, so no other writer of this session's
+# events can be at work (sessions_app.runs: the run's writers hold its row).
+
+
+def _columns(model, names: list[str]) -> str:
+    return ", ".join(f'"{model._meta.get_field(name).column}"' for name in names)
+
+
+@cache
+def _send_statement() -> aio.Statement:
+    from sessions_app.models import AgentBackend, AgentEvent, AgentMessage, AgentRun
+
+    in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
+    sessions, backends = AgentSession._meta.db_table, AgentBackend._meta.db_table
+    run_columns = _columns(AgentRun, ["id", "organization", "session", "backend", "status", "input_tokens",
+                                      "output_tokens", "steps", "tool_calls", "created_at"])  # fmt: skip
+    message_columns = _columns(AgentMessage, ["organization", "session", "run", "seq", "role", "content", "tool_calls",
+                                              "tool_call_id", "tool_name", "is_error", "created_at"])  # fmt: skip
+    event_columns = _columns(AgentEvent, ["organization", "session", "run", "type", "data", "created_at"])
+    messages, events_table = AgentMessage._meta.db_table, AgentEvent._meta.db_table
+    sql = (
+        f'WITH s AS (SELECT s.id, s.organization_id, s.agent_id FROM "{sessions}" s '  # noqa: S608
+        f'JOIN "{backends}" b ON b.id = s.agent_id AND b.enabled '
+        f"WHERE s.id = %s AND s.organization_id = {in_scope.format('organization_ids')} "
+        f"AND s.user_id = {in_scope.format('user_id')} AND s.status = 'active' "
+        "AND s.expires_at > now() AND s.ends_at > now()), "
+        f'r AS (INSERT INTO "{AgentRun._meta.db_table}" ({run_columns}) '
+        "SELECT %s, s.organization_id, s.id, s.agent_id, 'running', 0, 0, 0, 0, %s FROM s RETURNING id), "
+        f'm AS (INSERT INTO "{messages}" ({message_columns}) '
+        f'SELECT s.organization_id, s.id, r.id, COALESCE((SELECT MAX(x.seq) + 1 FROM "{messages}" x '
+        "WHERE x.session_id = s.id), 0), 'user', %s, '[]'::jsonb, '', '', false, %s FROM s, r RETURNING id, seq), "
+        f'e AS (INSERT INTO "{events_table}" ({event_columns}) '
+        "SELECT s.organization_id, s.id, r.id, v.type, CASE WHEN v.n = 1 THEN jsonb_set(v.data, '{message}', "
+        "to_jsonb(m.seq)) ELSE v.data END, %s FROM s, r, m, (VALUES (1, 'message_update', %s::jsonb), "
+        "(2, 'status_change', %s::jsonb)) v(n, type, data) ORDER BY v.n RETURNING id) "
+        "SELECT s.organization_id, m.id, m.seq, (SELECT max(id) FROM e) FROM s, m"
+    )
+    return aio.Statement("agentapi_message_send", sql)
+
+
+@cache
+def _why_statement() -> aio.Statement:
+    """Why a message was not stored: the caller's session, its state and its backend's."""
+    from sessions_app.models import AgentBackend
+
+    in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
+    sql = (
+        f"SELECT s.status, s.expires_at > now() AND s.ends_at > now(), s.agent_id, b.enabled "  # noqa: S608
+        f'FROM "{AgentSession._meta.db_table}" s LEFT JOIN "{AgentBackend._meta.db_table}" b ON b.id = s.agent_id '
+        f"WHERE s.id = %s AND s.organization_id = {in_scope.format('organization_ids')} "
+        f"AND s.user_id = {in_scope.format('user_id')}"
+    )
+    return aio.Statement("agentapi_message_why", sql)
+
+
+def _iso(value) -> str:
+    """A time as the management API's serializers write it."""
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _refusal(row) -> APIError:
+    status, in_time, agent_id, enabled = row[0]
+    if status != "active" or not in_time:
+        return APIError("session_not_active", f"This session is {status if status != 'active' else 'expired'}.",
+                        status=409)  # fmt: skip
+    if agent_id is None:
+        return APIError("no_agent", "This session has no agent backend: choose one when opening a session.", status=409)
+    return APIError("agent_disabled", "This session's agent backend is disabled.", status=409)
+
+
+class Answer(dict):
+    """A handler's body with a status other than 200 (agentapi.dataplane honours `status`)."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body)
+        self.status = status
+
+
+async def message_send(request, session_id: str) -> dict:
+    """POST /api/v1/sessions/{id}/messages/ (ConversationViewSet.messages' contract): 202 with the
+    message and its run."""
+    import psycopg
+    from django.utils import timezone
+
+    from audit.services import audit_record_async
+    from sessions_app import events, runs
+    from sessions_app.models import AgentRun, RunStatus
+
+    async with deferred_security_events_async():
+        # The body is checked, but its error raised only once the session is found: another
+        # organization's (or user's) session is 404 whatever the body holds.
+        data, error = mcp_dataplane._body(request)
+        content = data.get("content") if isinstance(data, dict) else None
+        if error is None and (not isinstance(content, str) or not content.strip()):
+            error = exceptions.ValidationError({"content": ["This field is required and may not be blank."]})
+        elif error is None and len(content) > runs.MAX_MESSAGE_CHARS:
+            error = exceptions.ValidationError({"content": [f"At most {runs.MAX_MESSAGE_CHARS} characters."]})
+        pk = _session_id(session_id) or str(uuid.UUID(int=0))
+        run_id, now = uuid.uuid4(), timezone.now()
+        message_event = {"message": 0, "role": "user", "content": content, "run": str(run_id), "time": now.isoformat()}
+        status_event = {"status": "running", "run": str(run_id)}
+        statements = [(_why_statement(), [pk])]
+        if error is None:
+            statements.insert(0, (_send_statement(), [pk, run_id, now, content, now, now, message_event, status_event]))
+        try:
+            principal, (*stored, why) = await bearer_authenticate_async(
+                request.headers.get("authorization", ""), request.query, also=statements
+            )
+        except psycopg.errors.UniqueViolation:
+            raise APIError(
+                "session_busy", "The agent is still answering: wait for it, or cancel its run.", status=409
+            ) from None
+        if not why:
+            with scoping.organization_scope(principal.organization, actor=principal.actor):
+                security.report("lookup_denied", model=AgentSession._meta.label, pk=session_id[:64])
+            raise exceptions.NotFound()
+        if error is not None:
+            raise error
+        if not stored[0]:
+            raise _refusal(why)
+        organization_id, message_id, seq, last_event = stored[0][0]
+        with scoping.organization_scope(principal.organization, actor=principal.actor):
+            request_context.annotate(user=str(principal.membership.user_id), session=pk)
+            run = AgentRun(pk=run_id, organization_id=organization_id, session_id=pk)
+            await audit_record_async(
+                "agent.message", target=run, organization_id=organization_id,
+                details={"session": pk, "run": str(run_id), "backend": why[0][2], "characters": len(content)},
+            )  # fmt: skip
+
+    def queue():
+        from sessions_app.tasks import agent_run
+
+        events.publish(pk, last_event)
+        agent_run.delay(organization_id, str(run_id))
+
+    await asyncio.get_running_loop().run_in_executor(None, queue)
+    created = _iso(now)
+    message = {"id": message_id, "seq": seq, "role": "user", "content": content, "tool_calls": [], "tool_call_id": "",
+               "tool_name": "", "is_error": False, "run": str(run_id), "created_at": created}  # fmt: skip
+    run_body = {"id": str(run_id), "status": RunStatus.RUNNING, "error": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0}, "steps": 0, "tool_calls": 0, "first_event_ms": None,
+                "created_at": created, "finished_at": None}  # fmt: skip
+    return Answer(202, {"message": message, "run": run_body})

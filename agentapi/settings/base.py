@@ -394,6 +394,7 @@ DATA_PLANE_ROUTES = [
     ("POST", _SESSION + r"/tools/call/$", "sessions_app.dataplane.tool_call", "sessions/<id>/tools/call/"),
     ("POST", _SESSION + r"/resources/read/$", "sessions_app.dataplane.resource_read", "sessions/<id>/resources/read/"),
     ("POST", _SESSION + r"/prompts/get/$", "sessions_app.dataplane.prompt_get", "sessions/<id>/prompts/get/"),
+    ("POST", _SESSION + r"/messages/$", "sessions_app.dataplane.message_send", "sessions/<id>/messages/"),
 ]
 # ASGI applications on the data plane, on every profile (they choose their database access).
 DATA_PLANE_APPS = [

@@ -11,8 +11,8 @@ model double (tests/sessions/model_doubles.py: it streams its reply, a word per 
   until the first `message_update` of the agent's reply arrives on the stream: the message stored,
   the run queued, taken by the worker, the model asked (pydantic-ai, the pinned client), its first
   chunk stored as an event, published, and sent down the stream.
-- Directly: the same client asks the double for the same streamed completion and times until its
-  first content chunk.
+- Directly: what an application would do without the platform, the same model loop (pydantic-ai's
+  agent on the OpenAI SDK, streaming) asking the double itself, timed until its first text.
 
 Added latency = p50(through the platform) - p50(direct), measured alternately in the same run.
 Target (issue #11): under 30 ms. Three rounds; each round's figures are printed and the best is
@@ -101,8 +101,15 @@ async def measure(base: str, double_url: str, setup: dict) -> tuple[list[float],
 
 
 async def conversation(client, session_url, double_url, completion, indices, platform, direct) -> None:
-    """Messages sent in one session, each timed to its reply's first event, alternating with a
-    direct request to the double."""
+    """Messages sent in one session, each timed to its reply's first event, alternating with the
+    same model loop run directly: pydantic-ai's agent on the OpenAI SDK, streaming from the double,
+    timed to its first text."""
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    direct_agent = Agent(OpenAIChatModel("double-1", provider=OpenAIProvider(base_url=f"{double_url}/v1",
+                                                                             api_key="sk-bench")))  # fmt: skip
     async with client.get(f"{session_url}/events/") as stream:
         assert stream.status == 200, await stream.text()
         events = sse_events(stream)
@@ -121,12 +128,10 @@ async def conversation(client, session_url, double_url, completion, indices, pla
                     assert data["outcome"] == "completed", data
                     break
             started = time.perf_counter()
-            async with client.post(f"{double_url}/v1/chat/completions", json=completion) as answer:
-                async for raw in answer.content:
-                    if b'"content": "' in raw and b'"content": ""' not in raw:
-                        direct_first = time.perf_counter() - started
-                        break
-                await answer.read()
+            async with direct_agent.run_stream(f"Hello {i}") as answer:
+                async for _text in answer.stream_text(delta=True):
+                    direct_first = time.perf_counter() - started
+                    break
             if i >= 5:  # warm-up: connections, prepared statements, imports in the worker
                 platform.append(first)
                 direct.append(direct_first)

@@ -186,6 +186,7 @@ def detail_path(route: str, target) -> str:
 DATA_PLANE_ROUTES = {
     "mcp-proxy-tools-call", "mcp-proxy-resources-read", "mcp-proxy-prompts-get",
     "agent-session-tools-tools-call", "agent-session-tools-resources-read", "agent-session-tools-prompts-get",
+    "agent-session-conversation-messages",
 }  # fmt: skip
 
 
