@@ -14,6 +14,7 @@ makes. The pipeline is the configuration's own (mcp.dataplane), with one more jo
 """
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
 from tenants import scoping, security
 from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async
+
+log = logging.getLogger(__name__)
 
 # -- authenticate -----------------------------------------------------------------------------
 
@@ -499,21 +502,31 @@ async def message_send(request, session_id: str) -> dict:
         if not stored[0]:
             raise _refusal(why)
         organization_id, message_id, seq, last_event = stored[0][0]
+
+        def queue():
+            from sessions_app.tasks import agent_run
+
+            events.publish(pk, last_event)
+            agent_run.delay(organization_id, str(run_id))
+
         with scoping.organization_scope(principal.organization, actor=principal.actor):
             request_context.annotate(user=str(principal.membership.user_id), session=pk)
             run = AgentRun(pk=run_id, organization_id=organization_id, session_id=pk)
+            # The task is queued while the audit record is written: the worker may start meanwhile.
+            queued = asyncio.get_running_loop().run_in_executor(None, queue)
             await audit_record_async(
                 "agent.message", target=run, organization_id=organization_id,
                 details={"session": pk, "run": str(run_id), "backend": why[0][2], "characters": len(content)},
             )  # fmt: skip
+            try:
+                await queued
+            except Exception:
+                # The queue (Redis) is down: the run could not start. It is failed, not left running.
+                log.exception("agent run not queued", extra={"run": str(run_id)})
+                await in_worker(runs.fail_unqueued)(run_id)
+                raise APIError("queue_unavailable", "The run could not be queued; try again shortly.",
+                               status=503) from None  # fmt: skip
 
-    def queue():
-        from sessions_app.tasks import agent_run
-
-        events.publish(pk, last_event)
-        agent_run.delay(organization_id, str(run_id))
-
-    await asyncio.get_running_loop().run_in_executor(None, queue)
     created = _iso(now)
     message = {"id": message_id, "seq": seq, "role": "user", "content": content, "tool_calls": [], "tool_call_id": "",
                "tool_name": "", "is_error": False, "run": str(run_id), "created_at": created}  # fmt: skip

@@ -18,6 +18,7 @@ is failed by the reaper (`reap`, scheduled), so none stays `running`.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from datetime import timedelta
@@ -28,10 +29,13 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
+from agentapi.db import aio
+from agentapi.db.scope import DatabaseScope
 from agentapi.errors import APIError
 from audit.services import audit_record
 from sessions_app import agent_loop, events, tools
 from sessions_app.models import (
+    AgentEvent,
     AgentKind,
     AgentMessage,
     AgentRun,
@@ -40,6 +44,7 @@ from sessions_app.models import (
     MessageRole,
     RunStatus,
 )
+from tenants import scoping
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +127,24 @@ def _message_send(session: AgentSession, content: str) -> tuple[AgentMessage, Ag
     from sessions_app.tasks import agent_run
 
     organization_id, run_id = current.organization_id, str(run.pk)
-    transaction.on_commit(lambda: agent_run.delay(organization_id, run_id))
+    transaction.on_commit(lambda: _queue(agent_run, organization_id, run_id))
     return message, run
+
+
+def _queue(task, organization_id: int, run_id: str) -> None:
+    try:
+        task.delay(organization_id, run_id)
+    except Exception:
+        log.exception("agent run not queued", extra={"run": run_id})
+        fail_unqueued(run_id)
+        raise APIError("queue_unavailable", "The run could not be queued; try again shortly.", status=503) from None
+
+
+def fail_unqueued(run_id) -> None:
+    """A run whose task could not be queued (the broker is down) ends at once, failed."""
+    run = AgentRun.objects.filter(pk=run_id).select_related("backend").first()
+    if run is not None:
+        _finish(run, RunStatus.FAILED, {"code": "queue_unavailable", "message": "The run could not be queued."})
 
 
 def _finish(run: AgentRun, status: str, error: dict | None = None) -> bool:
@@ -191,13 +212,11 @@ class Stopped(agent_loop.RunStopped):
 
 
 def _lock_while_running(session_id, run_id) -> None:
-    """Take the session's lock, if the run is still running (one statement); else Stopped."""
-    locked = (
-        AgentSession.objects.select_for_update(no_key=True, of=("self",))
-        .filter(pk=session_id, runs__pk=run_id, runs__status=RunStatus.RUNNING)
-        .values_list("pk")
-    )
-    if not list(locked):
+    """Lock the run's row if it is still running (else Stopped): a run's writers (its worker,
+    and `_finish`, whose update takes the same row) take turns on it, so its events' ids commit
+    in order."""
+    locked = AgentRun.objects.select_for_update(no_key=True).filter(pk=run_id, status=RunStatus.RUNNING)
+    if not list(locked.values_list("pk")):
         raise Stopped()
 
 
@@ -256,6 +275,10 @@ class RunSink:
             return
         self.last_flush = time.monotonic()
         text = self.text_so_far
+        if self.message is None and aio.available():
+            self.sent = text
+            await self._start_reply(text)
+            return
 
         def write():
             if self.message is None:
@@ -266,6 +289,37 @@ class RunSink:
 
         self.sent = text
         await self._write(write)
+
+    async def _start_reply(self, text: str) -> None:
+        """The reply's message and its first update, and the run's first output time: one statement,
+        one round trip (agentapi.db.aio), on this loop: the first event is what a user waits for."""
+        now = timezone.now()
+        data = {"message": 0, "role": MessageRole.ASSISTANT, "content": text, "run": str(self.run.pk),
+                "time": now.isoformat()}  # fmt: skip
+        elapsed = (now - self.run.created_at).total_seconds()
+        scope = DatabaseScope(organization_ids=(self.session.organization_id,))
+        session_id, run_id = str(self.session.pk), str(self.run.pk)
+        params = [
+            run_id,
+            self.session.organization_id,
+            session_id,
+            session_id,
+            now,
+            data,
+            now,
+            round(elapsed * 1000, 2),
+        ]
+        (rows,) = await aio.run(scope, [(_start_reply_statement(), params)])
+        if not rows:
+            raise Stopped()
+        message_id, seq, event_id = rows[0]
+        self.message = AgentMessage(pk=message_id, organization_id=self.session.organization_id, session=self.session,
+                                    run=self.run, seq=seq, role=MessageRole.ASSISTANT, content="", created_at=now)  # fmt: skip
+        self.first = False
+        first_event_seconds.observe(elapsed)
+        redis = _loop_redis()
+        if redis is None or await redis.run(lambda r: r.publish(events.channel(session_id), str(event_id))) is None:
+            await asyncio.get_running_loop().run_in_executor(None, events.publish, session_id, event_id)
 
     async def response(self, text: str, tool_calls: list[dict], input_tokens: int, output_tokens: int) -> None:
         if self.timer is not None:
@@ -319,6 +373,130 @@ class RunSink:
         await self._write(write)
 
 
+@functools.cache
+def _start_reply_statement() -> aio.Statement:
+    """An assistant message at the end of the conversation, its first `message_update` event (its
+    place filled in) and the run's first output time: only while the run is running, under its
+    row's lock."""
+    messages, events_table, runs_table = (AgentMessage._meta.db_table, AgentEvent._meta.db_table,
+                                          AgentRun._meta.db_table)  # fmt: skip
+    message_columns = ", ".join(
+        f'"{AgentMessage._meta.get_field(name).column}"'
+        for name in [
+            "organization",
+            "session",
+            "run",
+            "seq",
+            "role",
+            "content",
+            "tool_calls",
+            "tool_call_id",
+            "tool_name",
+            "is_error",
+            "created_at",
+        ]  # fmt: skip
+    )
+    event_columns = ", ".join(
+        f'"{AgentEvent._meta.get_field(name).column}"'
+        for name in ["organization", "session", "run", "type", "data", "created_at"]
+    )
+    sql = (
+        f"WITH ok AS (SELECT id FROM \"{runs_table}\" WHERE id = %s AND status = 'running' FOR NO KEY UPDATE), "  # noqa: S608
+        f'm AS (INSERT INTO "{messages}" ({message_columns}) SELECT %s, %s, ok.id, '
+        f'COALESCE((SELECT MAX(x.seq) + 1 FROM "{messages}" x WHERE x.session_id = %s), 0), '
+        "'assistant', '', '[]'::jsonb, '', '', false, %s FROM ok RETURNING id, seq, organization_id, session_id, "
+        "run_id), "
+        f'e AS (INSERT INTO "{events_table}" ({event_columns}) SELECT m.organization_id, m.session_id, m.run_id, '
+        "'message_update', jsonb_set(%s::jsonb, '{message}', to_jsonb(m.seq)), %s FROM m RETURNING id), "
+        f'f AS (UPDATE "{runs_table}" SET first_event_ms = %s WHERE id = (SELECT id FROM ok) '
+        "AND first_event_ms IS NULL) "
+        "SELECT m.id, m.seq, e.id FROM m, e"
+    )
+    return aio.Statement("agentapi_run_start_reply", sql)
+
+
+def _loop_redis():
+    """The running loop's shared Redis client (the MCP pool's, on its loop), or None."""
+    from mcp.pool import shared_redis
+
+    return shared_redis()
+
+
+def _model_columns(model, alias: str) -> tuple[list[str], str]:
+    attnames = [field.attname for field in model._meta.concrete_fields]
+    return attnames, ", ".join(f'{alias}."{model._meta.get_field(name).column}"' for name in attnames)
+
+
+@functools.cache
+def _load_statements() -> tuple[aio.Statement, aio.Statement, aio.Statement]:
+    from sessions_app.models import AgentBackend, SessionServer
+    from tenants.models import Organization
+
+    runs_table, sessions, backends = AgentRun._meta.db_table, AgentSession._meta.db_table, AgentBackend._meta.db_table
+    claim = aio.Statement(
+        "agentapi_run_claim",
+        f'UPDATE "{runs_table}" SET claimed_at = now(), heartbeat_at = now() '  # noqa: S608
+        "WHERE id = %s AND status = 'running' AND claimed_at IS NULL RETURNING id",
+    )
+    columns = [_model_columns(model, alias)[1] for model, alias in ((AgentRun, "r"), (AgentSession, "s"),
+                                                                    (AgentBackend, "b"), (Organization, "o"))]  # fmt: skip
+    load = aio.Statement(
+        "agentapi_run_load",
+        f'SELECT {", ".join(columns)}, (SELECT count(*) FROM "{SessionServer._meta.db_table}" ss '  # noqa: S608
+        f'WHERE ss.session_id = s.id) FROM "{runs_table}" r JOIN "{sessions}" s ON s.id = r.session_id '
+        f'JOIN "{Organization._meta.db_table}" o ON o.id = r.organization_id '
+        f'LEFT JOIN "{backends}" b ON b.id = r.backend_id WHERE r.id = %s',
+    )
+    conversation = aio.Statement(
+        "agentapi_run_conversation",
+        f'SELECT {", ".join(_MESSAGE_FIELDS)} FROM "{AgentMessage._meta.db_table}" '  # noqa: S608
+        f'WHERE session_id = (SELECT session_id FROM "{runs_table}" WHERE id = %s) ORDER BY seq',
+    )
+    return claim, load, conversation
+
+
+async def _claim_and_load(run_id: str, organization_id: int):
+    """_claim and the conversation in one round trip (agentapi.db.aio): (run, conversation, number
+    of servers attached, organization), or None when there is nothing to do."""
+    from sessions_app.models import AgentBackend
+    from tenants.models import Organization
+
+    claim, load, conversation = _load_statements()
+    scope = DatabaseScope(organization_ids=(organization_id,))
+    claimed, rows, messages = await aio.run(scope, [(claim, [run_id]), (load, [run_id]), (conversation, [run_id])])
+    if not rows:
+        return None
+    values = list(rows[0])
+    loaded = []
+    for model in (AgentRun, AgentSession, AgentBackend, Organization):
+        attnames = _model_columns(model, "")[0]
+        loaded.append(values[: len(attnames)])
+        values = values[len(attnames) :]
+    run = aio.instance(AgentRun, _model_columns(AgentRun, "")[0], loaded[0])
+    run.session = aio.instance(AgentSession, _model_columns(AgentSession, "")[0], loaded[1])
+    run.backend = (
+        aio.instance(AgentBackend, _model_columns(AgentBackend, "")[0], loaded[2]) if loaded[2][0] is not None else None
+    )
+    organization = aio.instance(Organization, _model_columns(Organization, "")[0], loaded[3])
+    run.organization = run.session.organization = organization
+    if not claimed:
+        if run.status == RunStatus.RUNNING:
+
+            def interrupted():
+                with scoping.organization_scope(organization):
+                    _finish(run, RunStatus.FAILED, _INTERRUPTED)
+
+            await sync_to_async(interrupted, thread_sensitive=False)()
+        return None
+    return run, [dict(zip(_MESSAGE_FIELDS, row, strict=True)) for row in messages], values[0], organization
+
+
+_INTERRUPTED = {
+    "code": "interrupted",
+    "message": "Its worker stopped mid-run; a run is not replayed, since its tools may already have acted.",
+}
+
+
 def _claim(run_id) -> AgentRun | None:
     """The run, claimed by this delivery; None when there is nothing to do (and a redelivered run
     that was already claimed is failed: never replayed)."""
@@ -331,15 +509,41 @@ def _claim(run_id) -> AgentRun | None:
         return None
     if not claimed:
         if run.status == RunStatus.RUNNING:
-            _finish(run, RunStatus.FAILED, {"code": "interrupted", "message": "Its worker stopped mid-run; a run "
-                                            "is not replayed, since its tools may already have acted."})  # fmt: skip
+            _finish(run, RunStatus.FAILED, _INTERRUPTED)
         return None
     return run
 
 
-def execute(run_id) -> str:
-    """The `agent_run` task's body (in the run's organization's scope). Returns the run's status."""
-    run = _claim(run_id)
+def execute_task(organization_id: int, run_id) -> str:
+    """The `agent_run` task: the run in its organization's scope. On PostgreSQL the organization
+    comes with the claim, in its one round trip."""
+    from tenants.models import Organization
+
+    if not aio.available():
+        with scoping.organization_scope(Organization.objects.get(pk=organization_id)):
+            return execute(run_id)
+    from mcp import pool
+
+    loaded = pool.run_on_pool_loop(_claim_and_load, str(run_id), organization_id)
+    if loaded is None:
+        return "skipped"
+    with scoping.organization_scope(loaded[3]):
+        return execute(run_id, loaded[:3])
+
+
+def execute(run_id, loaded=None) -> str:
+    """A run (in its organization's scope), claimed by this call unless `loaded` (_claim_and_load)
+    says it was. Returns the run's status."""
+    from mcp import pool
+
+    if loaded is not None:
+        run, conversation, attached = loaded
+    elif aio.available():
+        loaded = pool.run_on_pool_loop(_claim_and_load, str(run_id), scoping.current_organization().pk)
+        run, conversation, attached = loaded[:3] if loaded is not None else (None, None, 0)
+    else:
+        run = _claim(run_id)
+        conversation, attached = None, None
     if run is None:
         return "skipped"
     backend = run.backend
@@ -356,9 +560,7 @@ def execute(run_id) -> str:
     try:
         # On the worker's one long-lived loop (the MCP pool's), where each backend's client and its
         # open connections are kept between runs (sessions_app.agent_loop).
-        from mcp import pool
-
-        prepared = _prepare(run)
+        prepared = _prepare(run, conversation, attached)
         pool.run_on_pool_loop(_drive, run, key, prepared, timeout=backend.setting("run_timeout_seconds") + 60)
     except Exception:
         log.exception("agent run failed", extra={"run": str(run.pk)})
@@ -369,17 +571,17 @@ def execute(run_id) -> str:
     return run.status
 
 
-def _prepare(run: AgentRun) -> tuple[list[dict], str, list[dict]]:
+_MESSAGE_FIELDS = ["seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id"]
+
+
+def _prepare(run: AgentRun, conversation=None, attached=None) -> tuple[list[dict], str, list[dict]]:
     """(the conversation before the run's message, that message, the session's tools)."""
     session, backend = run.session, run.backend
-    conversation = list(
-        AgentMessage.objects.filter(session=session)
-        .order_by("seq")
-        .values("seq", "role", "content", "tool_calls", "tool_call_id", "tool_name", "run_id")
-    )
-    prompt_at = max(i for i, m in enumerate(conversation) if m["run_id"] == run.pk and m["role"] == "user")
+    if conversation is None:
+        conversation = list(AgentMessage.objects.filter(session=session).order_by("seq").values(*_MESSAGE_FIELDS))
+    prompt_at = max(i for i, m in enumerate(conversation) if str(m["run_id"]) == str(run.pk) and m["role"] == "user")
     # A terminal agent finds the session's tools itself, at its MCP endpoint.
-    listed = tools.list_tools(session)[0] if backend.kind != AgentKind.AGENTAPI else []
+    listed = tools.list_tools(session)[0] if backend.kind != AgentKind.AGENTAPI and attached != 0 else []
     return conversation[:prompt_at], conversation[prompt_at]["content"], listed
 
 

@@ -1,7 +1,6 @@
 from celery import shared_task
 
 from sessions_app import runs, services
-from tenants.scoping import organization_task
 
 
 @shared_task
@@ -11,10 +10,10 @@ def agent_sessions_expire():
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-@organization_task
-def agent_run(organization, run_id):
-    """One run of a session's agent (sessions_app.runs.execute: claimed once, never replayed)."""
-    return runs.execute(run_id)
+def agent_run(organization_id, run_id):
+    """One run of a session's agent (sessions_app.runs.execute: claimed once, never replayed; in its
+    organization's scope, which its claim reads)."""
+    return runs.execute_task(organization_id, run_id)
 
 
 @shared_task

@@ -65,6 +65,14 @@ def fresh_double(double):
     double.requests.clear()
     double.tool_calls, double.delay, double.chunk_delay, double.fail_with = [], 0.0, 0.0, None
     double.reply = "The double has answered."
+    yield
+    # No run outlives its test: the database is emptied next, and a worker still writing would
+    # hold it up.
+    deadline = time.monotonic() + 30
+    with scoping.dangerously_all_organizations(reason="test teardown", record=False):
+        while AgentRun.objects.filter(status="running").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    time.sleep(0.5)  # its worker's last statements after the run ended
 
 
 def backend(api, double, kind="openai") -> dict:
@@ -119,15 +127,25 @@ def test_a_worker_killed_mid_run_leaves_it_failed_never_running_and_never_replay
     finally:
         doomed.send_signal(signal.SIGKILL)
         worker_log.append(doomed.communicate(timeout=30)[0])
-    assert run.status == "running", worker_log[0][-3000:]
+    assert run.status == "running" and run.claimed_at is not None, worker_log[0][-3000:]
     time.sleep(float(WORKER_ENV["AGENT_RUN_LOST_SECONDS"]) + 0.5)
     restarted = start_worker()
     try:
         agent_runs_reap.delay()  # the scheduled job, on the restarted worker
         ended = finished(alice_api, session, sent["run"]["id"], timeout=30)
-    finally:
+    except AssertionError:
         restarted.terminate()
-        worker_log.append(restarted.communicate(timeout=30)[0])
+        with scoping.organization_scope(acme):
+            stuck = AgentRun.objects.get(pk=sent["run"]["id"])
+        from django.utils import timezone as tz
+
+        raise AssertionError(
+            (stuck.claimed_at, stuck.heartbeat_at, tz.now(), restarted.communicate(timeout=30)[0][-300:])
+        ) from None
+    finally:
+        if restarted.poll() is None:
+            restarted.terminate()
+            worker_log.append(restarted.communicate(timeout=30)[0])
     assert ended["status"] == "failed" and ended["error"]["code"] in ("worker_lost", "interrupted"), ended
     # A redelivery of the task (acks late) finds the run ended: nothing is run twice.
     with scoping.organization_scope(acme):
