@@ -1,7 +1,8 @@
 """The admin for system prompts: every layer with its versions and screening findings, read-only
 (prompts are written through the API, where roles, versions, screening and audit apply), and a
-preview of the prompt composed for a chosen member; agent sessions read-only, with actions to close
-or extend them (through sessions_app.services: audited)."""
+preview of the prompt composed for a chosen member; agent sessions read-only, with their runs and
+conversation, and actions to close or extend them (through sessions_app.services: audited); agent
+backends written through sessions_app.agents (the key write-only); runs read-only, cancellable."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -9,8 +10,16 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from agentapi.errors import APIError
-from sessions_app import agents, prompts, services
-from sessions_app.models import AgentBackend, AgentSession, PromptVersion, SessionServer, SystemPrompt
+from sessions_app import agents, prompts, runs, services
+from sessions_app.models import (
+    AgentBackend,
+    AgentMessage,
+    AgentRun,
+    AgentSession,
+    PromptVersion,
+    SessionServer,
+    SystemPrompt,
+)
 from tenants import scoping
 from tenants.admin import TenantScopedAdmin
 from tenants.models import Membership
@@ -105,6 +114,37 @@ class SessionServerInline(admin.TabularInline):
         return False
 
 
+class _ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class AgentMessageInline(_ReadOnlyInline):
+    """The conversation, in order: the user's messages, the assistant's (with the tool calls it
+    asked for) and each tool call's result."""
+
+    model = AgentMessage
+    fields = ["seq", "role", "content", "tool_calls", "tool_name", "is_error", "run", "created_at"]
+    readonly_fields = fields
+    ordering = ["seq"]
+    verbose_name_plural = "conversation"
+
+
+class AgentRunInline(_ReadOnlyInline):
+    model = AgentRun
+    fields = ["id", "status", "error", "steps", "tool_calls", "input_tokens", "output_tokens", "first_event_ms",
+              "created_at", "finished_at"]  # fmt: skip
+    readonly_fields = fields
+    ordering = ["-created_at"]
+
+
 @admin.register(AgentSession)
 class AgentSessionAdmin(TenantScopedAdmin):
     list_display = ["__str__", "organization", "user", "status", "created_at", "last_active_at", "expires_at"]
@@ -112,11 +152,11 @@ class AgentSessionAdmin(TenantScopedAdmin):
     search_fields = ["name", "user__email"]
     date_hierarchy = "created_at"
     readonly_fields = [
-        "id", "organization", "user", "name", "status", "system_prompt", "prompt_layers", "metadata", "created_at",
+        "id", "organization", "user", "name", "agent", "status", "system_prompt", "prompt_layers", "metadata", "created_at",
         "last_active_at", "expires_at", "ends_at", "closed_at",
     ]  # fmt: skip
     fields = readonly_fields
-    inlines = [SessionServerInline]
+    inlines = [SessionServerInline, AgentRunInline, AgentMessageInline]
     actions = ["close_sessions", "extend_sessions"]
 
     def has_add_permission(self, request):
@@ -146,20 +186,85 @@ class AgentSessionAdmin(TenantScopedAdmin):
         self.message_user(request, f"{extended} session(s) extended.", messages.SUCCESS)
 
 
+class AgentBackendForm(forms.ModelForm):
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only: leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = AgentBackend
+        fields = ["organization", "name", "kind", "base_url", "model", "settings", "enabled"]
+
+    def __init__(self, *args, request=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        platform = cleaned.get("organization") is None
+        if platform and not (self.request and self.request.user.is_superuser):
+            raise forms.ValidationError({"organization": "Only operators manage the platform's backends."})
+        try:
+            agents._check_url(cleaned["base_url"])
+            agents._check_kind_fields(cleaned["kind"], cleaned.get("model", ""))
+            cleaned["settings"] = agents.check_settings(cleaned.get("settings") or {})
+        except APIError as exc:
+            details = exc.details or {}
+            raise forms.ValidationError(
+                {field: messages_ for field, messages_ in details.items() if field in self.fields} or str(exc.detail)
+            ) from None
+        return cleaned
+
+
 @admin.register(AgentBackend)
 class AgentBackendAdmin(TenantScopedAdmin):
-    """Read-only here for now: backends are written through /api/v1/agents/ (roles, URL checks,
-    sealing, audit). The key is never shown, only whether there is one. The test action sends each
-    selected backend one tiny request (audited)."""
+    """Backends as the API writes them (sessions_app.agents: URL checks, the key sealed, audit).
+    The key is write-only: the page shows whether there is one, never the key. The platform's
+    backends (no organization) are the operators'. The test action sends each selected backend
+    one tiny request (audited)."""
 
+    form = AgentBackendForm
     list_display = ["name", "kind", "organization", "model", "base_url", "enabled", "updated_at"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "model", "organization__slug"]
-    fields = ["organization", "name", "kind", "base_url", "model", "has_api_key", "settings", "enabled", "revision",
-              "created_at", "updated_at"]  # fmt: skip
-    readonly_fields = fields
-
+    readonly_fields = ["has_api_key", "revision", "created_at", "updated_at"]
     actions = ["test_backends"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+
+        class WithRequest(form):
+            def __init__(self, *args, **inner):
+                super().__init__(*args, request=request, **inner)
+
+        return WithRequest
+
+    def has_change_permission(self, request, obj=None):
+        platform = obj is not None and obj.organization_id is None
+        return super().has_change_permission(request, obj) and (not platform or request.user.is_superuser)
+
+    has_delete_permission = has_change_permission
+
+    def save_model(self, request, obj, form, change):
+        # What really changed, compared with the stored row (a JSON field's text is not its value).
+        changed = set()
+        if change:
+            stored = AgentBackend.objects.get(pk=obj.pk)
+            changed = {
+                name for name in AgentBackendForm.Meta.fields
+                if getattr(stored, AgentBackend._meta.get_field(name).attname) != getattr(obj, AgentBackend._meta.get_field(name).attname)
+            }  # fmt: skip
+        agents.agent_save(backend=obj, changed=changed, api_key=form.cleaned_data.get("api_key"), created=not change)
+
+    def delete_model(self, request, obj):
+        from audit.services import audit_record
+
+        audit_record("agent.delete", target=obj, organization_id=obj.organization_id, details={"name": obj.name})
+        obj.delete()
 
     @admin.action(description="Test the selected backends (one tiny request each)")
     def test_backends(self, request, queryset):
@@ -182,6 +287,21 @@ class AgentBackendAdmin(TenantScopedAdmin):
     def has_api_key(self, backend):
         return bool(backend.api_key_sealed)
 
+
+@admin.register(AgentRun)
+class AgentRunAdmin(TenantScopedAdmin):
+    """Runs, read-only: their outcome, errors and usage. A running one can be cancelled here."""
+
+    list_display = ["id", "session", "organization", "status", "steps", "tool_calls", "input_tokens",
+                    "output_tokens", "first_event_ms", "created_at", "finished_at"]  # fmt: skip
+    list_filter = ["status"]
+    search_fields = ["id", "session__name", "session__user__email"]
+    date_hierarchy = "created_at"
+    fields = ["id", "organization", "session", "backend", "status", "error", "steps", "tool_calls", "input_tokens",
+              "output_tokens", "first_event_ms", "claimed_at", "heartbeat_at", "created_at", "finished_at"]  # fmt: skip
+    readonly_fields = fields
+    actions = ["cancel_runs"]
+
     def has_add_permission(self, request):
         return False
 
@@ -190,3 +310,11 @@ class AgentBackendAdmin(TenantScopedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.action(description="Cancel the selected runs")
+    def cancel_runs(self, request, queryset):
+        cancelled = 0
+        for run in queryset.filter(status="running").select_related("session", "backend"):
+            runs.run_cancel(session=run.session, run=run)
+            cancelled += 1
+        self.message_user(request, f"{cancelled} run(s) cancelled.", messages.SUCCESS)

@@ -123,6 +123,33 @@ def agent_update(*, principal: Principal, backend: AgentBackend, api_key=None, *
 
 
 @transaction.atomic
+def agent_save(*, backend: AgentBackend, changed: set[str], api_key: str | None, created: bool) -> AgentBackend:
+    """The admin's save (its form checked the URL, settings and who may write): the key sealed, the
+    revision bumped when how the backend is reached changed, audited without the key."""
+    if backend.settings:
+        backend.settings = check_settings(backend.settings)
+    if not created and {"base_url", "model"} & changed or (not created and api_key):
+        backend.revision += 1
+    if created:
+        backend.save()  # its uuid (the key's sealing context) is fixed first
+    if api_key:
+        backend.set_api_key(api_key)
+    backend.save()
+    if created:
+        details = {"name": backend.name, "kind": backend.kind, "platform": backend.organization_id is None,
+                   "has_api_key": bool(api_key)}  # fmt: skip
+    else:
+        details = {"changed": sorted(changed | ({"api_key"} if api_key else set()))}
+    audit_record(
+        "agent.create" if created else "agent.update",
+        target=backend,
+        organization_id=backend.organization_id,
+        details=details,
+    )
+    return backend
+
+
+@transaction.atomic
 def agent_delete(*, principal: Principal, backend: AgentBackend) -> None:
     may_write(principal, platform=backend.organization_id is None)
     audit_record(

@@ -94,3 +94,75 @@ def test_sessions_are_listed_and_closed_or_extended_in_the_admin(alice, alice_ap
         }  # fmt: skip
     response = client.post(changelist, {"action": "extend_sessions", "_selected_action": [mine]}, follow=True)
     assert "Only an active session can be extended." in response.content.decode()
+
+
+ADMIN_KEY = "sk-admin-typed-key-never-shown-0123"
+
+
+@pytest.fixture
+def loopback(settings):
+    from agentapi.settings.base import parse_networks
+
+    settings.OUTBOUND_ALLOWED_NETWORKS = parse_networks(["127.0.0.0/8"])
+
+
+def test_agent_backends_are_written_in_the_admin_with_the_key_write_only(alice, acme, loopback):
+    from audit.models import AuditEvent
+    from sessions_app.models import AgentBackend
+
+    User.objects.filter(email="alice@acme.test").update(is_staff=True)
+    client = signed_in("alice@acme.test")
+    form = {"organization": acme.pk, "name": "gpt", "kind": "openai", "base_url": "http://127.0.0.1:9/v1",
+            "model": "gpt-x", "settings": '{"max_steps": 4}', "enabled": "on", "api_key": ADMIN_KEY}  # fmt: skip
+    created = client.post("/admin/sessions_app/agentbackend/add/", form)
+    assert created.status_code == 302, created.content.decode()[:3000]
+    with scoping.organization_scope(acme):
+        backend = AgentBackend.objects.get(name="gpt")
+        assert backend.api_key() == ADMIN_KEY and ADMIN_KEY not in backend.api_key_sealed
+        assert backend.settings == {"max_steps": 4}
+    page = client.get(f"/admin/sessions_app/agentbackend/{backend.pk}/change/").content.decode()
+    assert ADMIN_KEY not in page and "API key set" in page
+    # An empty key field keeps the key; a changed model bumps the revision; both audited without it.
+    changed = client.post(f"/admin/sessions_app/agentbackend/{backend.pk}/change/",
+                          {**form, "model": "gpt-y", "api_key": ""})  # fmt: skip
+    assert changed.status_code == 302
+    with scoping.organization_scope(acme):
+        backend.refresh_from_db()
+        assert backend.api_key() == ADMIN_KEY and backend.model == "gpt-y" and backend.revision == 2
+        recorded = list(
+            AuditEvent.objects.filter(action__startswith="agent.").order_by("id").values_list("action", "details")
+        )
+    assert [action for action, _ in recorded] == ["agent.create", "agent.update"]
+    assert recorded[1][1] == {"changed": ["model"]} and ADMIN_KEY not in str(recorded)
+    # Refused: a URL the outbound rules do not allow, and a platform backend by staff.
+    bad = client.post("/admin/sessions_app/agentbackend/add/", {**form, "name": "x", "base_url": "http://10.0.0.1/"})
+    assert bad.status_code == 200 and "not a public address" in bad.content.decode()
+    platform = client.post("/admin/sessions_app/agentbackend/add/", {**form, "name": "y", "organization": ""})
+    assert platform.status_code == 200 and "Only operators" in platform.content.decode()
+
+
+def test_a_sessions_conversation_and_runs_are_readable_in_the_admin(alice, acme, charlie, globex, operator):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sessions_app.models import AgentMessage, AgentRun, AgentSession
+
+    now = timezone.now()
+    with scoping.organization_scope(acme):
+        session = AgentSession.objects.create(organization=acme, user=alice.user, name="talk", last_active_at=now,
+                                              expires_at=now + timedelta(hours=1), ends_at=now + timedelta(days=1))  # fmt: skip
+        run = AgentRun.objects.create(organization=acme, session=session, status="failed", input_tokens=12,
+                                      error={"code": "agent_error", "message": "The agent backend failed."})  # fmt: skip
+        for seq, (role, content) in enumerate([("user", "Add 2 and 3."), ("assistant", ""), ("tool", '{"sum":5}')]):
+            AgentMessage.objects.create(organization=acme, session=session, run=run, seq=seq, role=role,
+                                        content=content, tool_name="plain__add" if role == "tool" else "")  # fmt: skip
+    operator = signed_in("operator@platform.test")
+    page = operator.get(f"/admin/sessions_app/agentsession/{session.pk}/change/").content.decode()
+    assert "Add 2 and 3." in page and "plain__add" in page and "agent_error" in page
+    runs_page = operator.get("/admin/sessions_app/agentrun/").content.decode()
+    assert str(run.pk) in runs_page
+    User.objects.filter(email="charlie@globex.test").update(is_staff=True)
+    other = signed_in("charlie@globex.test")
+    assert other.get(f"/admin/sessions_app/agentsession/{session.pk}/change/").status_code in (302, 404)
+    assert str(run.pk) not in other.get("/admin/sessions_app/agentrun/").content.decode()
