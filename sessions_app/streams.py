@@ -25,8 +25,10 @@ organization's session is 404.
 
 import asyncio
 import json
+import time
 from urllib.parse import parse_qs
 
+from django.conf import settings
 from rest_framework import exceptions
 
 from agentapi import context as request_context
@@ -175,6 +177,7 @@ async def _follow(found: dataplane.Found, stream: _Stream, after: int, render) -
     wakeup = events.wakeup()
     woken = wakeup.register(session_id)
     gone = asyncio.ensure_future(stream.gone.wait())
+    last_write = time.monotonic()
     try:
         while not stream.gone.is_set():
             rows, active, _running, _last = await _read(found, after)
@@ -182,6 +185,7 @@ async def _follow(found: dataplane.Found, stream: _Stream, after: int, render) -
                 chunk = render(event_id, type_, data)
                 if chunk:
                     await stream.write(chunk)
+                    last_write = time.monotonic()
                 after = event_id
             if len(rows) == PAGE:
                 continue
@@ -191,8 +195,9 @@ async def _follow(found: dataplane.Found, stream: _Stream, after: int, render) -
             await asyncio.wait([waiting, gone], return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
                 waiting.cancel()
-            elif not waiting.result():
-                await stream.write(events.HEARTBEAT)
+            elif time.monotonic() - last_write >= settings.SESSION_EVENTS_HEARTBEAT_SECONDS:
+                await stream.write(events.HEARTBEAT)  # quiet for a heartbeat's time (polling reads more often)
+                last_write = time.monotonic()
     finally:
         gone.cancel()
         wakeup.unregister(session_id, woken)
