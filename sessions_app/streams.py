@@ -145,6 +145,9 @@ class _Stream:
             if message["type"] == "http.disconnect":
                 self.gone.set()
                 return
+            # The request's body (a GET has none); then the server's receive() waits for the
+            # disconnect. A server that answered at once again must not spin this loop.
+            await asyncio.sleep(0.05)
 
     async def start(self):
         await self.send(

@@ -482,3 +482,28 @@ def test_an_agentapi_backend_runs_the_terminal_agent_behind_coder_agentapi(
     while "\x1b" not in double.raw:
         assert time.monotonic() < deadline, double.raw
         time.sleep(0.1)
+
+
+def test_the_embedded_profiles_way_serves_the_same_conversation(alice_api, bob_api, double, worker, settings):
+    """Without the data plane's async database access (as on SQLite): the message sent through the
+    management plane, the agentapi routes and the event stream read with the ORM on a thread."""
+    settings.DATA_PLANE_ENABLED = False
+    session = open_session(alice_api, backend(alice_api, double))
+    sent = send(alice_api, session, "Hello from the embedded way.")
+    assert finished(alice_api, session, sent["run"]["id"])["status"] == "completed"
+    token = {"Authorization": f"Bearer {session['mcp_token']}"}
+    base = f"/agentapi/sessions/{session['id']}"
+    status = alice_api.request("get", f"{base}/status", **token)
+    assert status.status_code == 200 and status.json() == {"agent_type": "custom", "status": "stable"}
+    messages = alice_api.request("get", f"{base}/messages", **token).json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [("user", "Hello from the embedded way."),
+                                                            ("agent", double.reply)]  # fmt: skip
+    assert bob_api.request("get", f"{base}/status").status_code == 404  # another member's session
+    # The REST stream refuses the session's token (it is for the MCP and agentapi endpoints).
+    assert alice_api.request("get", f"/api/v1/sessions/{session['id']}/events/", **token).status_code == 401
+    # An ended session's stream replays what it holds and ends.
+    assert alice_api.delete(f"{SESSIONS}{session['id']}/").status_code == 204
+    replayed = alice_api.request("get", f"/api/v1/sessions/{session['id']}/events/", **{"Last-Event-ID": "0"})
+    assert replayed.status_code == 200
+    kinds = [line[7:] for line in replayed.content.decode().splitlines() if line.startswith("event: ")]
+    assert kinds[:2] == ["message_update", "status_change"] and kinds[-1] == "status_change", kinds
