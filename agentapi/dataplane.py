@@ -7,7 +7,7 @@ event loop that the MCP pool shares: no thread is held while an upstream server 
 call costs no thread hand-off.
 
 A route's handler is `async def handler(request: Request, **path_kwargs) -> dict` (the JSON body
-of a 200, or of the `status` the dict carries as an attribute) and raises DRF's APIException family for client errors, exactly as a DRF view does. This
+of a 200, or an `Answer` with its own status) and raises DRF's APIException family for client errors, exactly as a DRF view does. This
 module gives every route what the management plane's middleware gives a view, from the same shared
 functions: the host check (ALLOWED_HOSTS), the HTTPS redirect, body limits (413), the request id
 and context, one JSON access-log line, the request metrics, the security headers, and the error
@@ -63,6 +63,14 @@ class Request:
                     raise exceptions.UnsupportedMediaType(content_type or "none")
                 self._json = parsers.loads(self.body)
         return self._json
+
+
+class Answer(dict):
+    """A handler's body answered with a status other than 200 (a 202, say)."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body)
+        self.status = status
 
 
 @dataclass(frozen=True)

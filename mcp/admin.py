@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from agentapi.errors import APIError
 from mcp import health, services
 from mcp.models import MCPConfiguration, StdioTemplate, ToolPin
-from tenants.admin import TenantScopedAdmin
+from tenants.admin import TenantScopedAdmin, form_error
 
 
 class MCPConfigurationForm(forms.ModelForm):
@@ -56,10 +56,7 @@ class MCPConfigurationForm(forms.ModelForm):
             self._secrets = self.secrets()
             services._validate(configuration, dict(self._secrets))
         except APIError as exc:
-            details = exc.details or {}
-            raise forms.ValidationError(
-                {field: messages_ for field, messages_ in details.items() if field in self.fields} or str(exc.detail)
-            ) from None
+            raise form_error(exc, self) from None
         return cleaned
 
 

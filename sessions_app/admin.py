@@ -21,7 +21,7 @@ from sessions_app.models import (
     SystemPrompt,
 )
 from tenants import scoping
-from tenants.admin import TenantScopedAdmin
+from tenants.admin import TenantScopedAdmin, form_error
 from tenants.models import Membership
 
 
@@ -213,10 +213,7 @@ class AgentBackendForm(forms.ModelForm):
             agents._check_kind_fields(cleaned["kind"], cleaned.get("model", ""))
             cleaned["settings"] = agents.check_settings(cleaned.get("settings") or {})
         except APIError as exc:
-            details = exc.details or {}
-            raise forms.ValidationError(
-                {field: messages_ for field, messages_ in details.items() if field in self.fields} or str(exc.detail)
-            ) from None
+            raise form_error(exc, self) from None
         return cleaned
 
 

@@ -78,9 +78,16 @@ def _agent_for(backend: AgentBackend, key: str):
     found = _agents.get(cache_key)
     if found is not None and found[0] is loop:
         return found[2]
-    for stale in [k for k in _agents if k[:2] == cache_key[:2] or len(_agents) >= MAX_KEPT_AGENTS][:1]:
-        _, _, _, old_client = _agents.pop(stale)
-        loop.create_task(old_client.aclose())
+    # The backend's older revisions on this loop go, and the oldest entry when full.
+    stale = [k for k in _agents if k[0] == backend.pk and k[2] == id(loop)]
+    if len(_agents) - len(stale) >= MAX_KEPT_AGENTS:
+        stale.append(next(iter(_agents)))
+    for k in dict.fromkeys(stale):
+        kept_loop, _, _, old_client = _agents.pop(k)
+        if kept_loop is loop:
+            loop.create_task(old_client.aclose())
+        elif not kept_loop.is_closed():
+            asyncio.run_coroutine_threadsafe(old_client.aclose(), kept_loop)
     client = _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker_for(backend, _redis(loop)))
     agent = Agent(model_for(backend, client, key))
     _agents[cache_key] = (loop, backend.revision, agent, client)

@@ -23,6 +23,7 @@ from functools import cache
 from rest_framework import exceptions
 
 from agentapi import context as request_context
+from agentapi import dataplane as http
 from agentapi.db import aio
 from agentapi.errors import APIError
 from agentapi.workers import in_worker
@@ -384,21 +385,18 @@ async def prompt_get(request, session_id: str) -> dict:
 # events can be at work (sessions_app.runs: the run's writers hold its row).
 
 
-def _columns(model, names: list[str]) -> str:
-    return ", ".join(f'"{model._meta.get_field(name).column}"' for name in names)
-
-
 @cache
 def _send_statement() -> aio.Statement:
     from sessions_app.models import AgentBackend, AgentEvent, AgentMessage, AgentRun
 
     in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
     sessions, backends = AgentSession._meta.db_table, AgentBackend._meta.db_table
-    run_columns = _columns(AgentRun, ["id", "organization", "session", "backend", "status", "input_tokens",
+    from sessions_app.runs import EVENT_INSERT_FIELDS, MESSAGE_INSERT_FIELDS
+
+    run_columns = aio.columns(AgentRun, ["id", "organization", "session", "backend", "status", "input_tokens",
                                       "output_tokens", "steps", "tool_calls", "created_at"])  # fmt: skip
-    message_columns = _columns(AgentMessage, ["organization", "session", "run", "seq", "role", "content", "tool_calls",
-                                              "tool_call_id", "tool_name", "is_error", "created_at"])  # fmt: skip
-    event_columns = _columns(AgentEvent, ["organization", "session", "run", "type", "data", "created_at"])
+    message_columns = aio.columns(AgentMessage, MESSAGE_INSERT_FIELDS)
+    event_columns = aio.columns(AgentEvent, EVENT_INSERT_FIELDS)
     messages, events_table = AgentMessage._meta.db_table, AgentEvent._meta.db_table
     sql = (
         f'WITH s AS (SELECT s.id, s.organization_id, s.agent_id FROM "{sessions}" s '  # noqa: S608
@@ -449,14 +447,6 @@ def _refusal(row) -> APIError:
     if agent_id is None:
         return APIError("no_agent", "This session has no agent backend: choose one when opening a session.", status=409)
     return APIError("agent_disabled", "This session's agent backend is disabled.", status=409)
-
-
-class Answer(dict):
-    """A handler's body with a status other than 200 (agentapi.dataplane honours `status`)."""
-
-    def __init__(self, status: int, body: dict):
-        super().__init__(body)
-        self.status = status
 
 
 async def message_send(request, session_id: str) -> dict:
@@ -533,4 +523,4 @@ async def message_send(request, session_id: str) -> dict:
     run_body = {"id": str(run_id), "status": RunStatus.RUNNING, "error": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0}, "steps": 0, "tool_calls": 0, "first_event_ms": None,
                 "created_at": created, "finished_at": None}  # fmt: skip
-    return Answer(202, {"message": message, "run": run_body})
+    return http.Answer(202, {"message": message, "run": run_body})

@@ -1,9 +1,11 @@
 """A session's events: stored durably, woken across processes, streamed as Server-Sent Events.
 
 Writing (`append`, synchronous: the run's worker and the management API). An event is a row in the
-organization's scope (AgentEvent), inserted under the session's row lock: the ids of one session's
-events are therefore committed in the order they were assigned, so a reader that has seen id N
-never later finds a smaller id appear (what makes `Last-Event-ID` exact). Once committed, its id is
+organization's scope (AgentEvent), inserted under a lock its other writers take too (the session's
+row for sending and ending runs; a running run's own row for its worker, whose rows `_finish`
+updates: sessions_app.runs): the ids of one session's events are therefore committed in the order
+they were assigned, so a reader that has seen id N never later finds a smaller id appear (what
+makes `Last-Event-ID` exact). Once committed, its id is
 published on Redis (`agentapi:session-events:<session>`); without Redis nothing is lost, streams
 poll instead.
 

@@ -357,7 +357,7 @@ class EventType(models.TextChoices):
 
 class AgentEvent(TenantModel):
     """What happened in a session, in the order its stream sends it (the id is the SSE `id:`).
-    Written under the session's row lock, so ids are committed in order (sessions_app.events)."""
+    Written under a lock their other writers share, so ids are committed in order (sessions_app.events)."""
 
     id = models.BigAutoField(primary_key=True)
     session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="events")

@@ -373,6 +373,12 @@ class RunSink:
         await self._write(write)
 
 
+# The fields the data plane's inserts of messages and events name (sessions_app.dataplane too).
+MESSAGE_INSERT_FIELDS = ["organization", "session", "run", "seq", "role", "content", "tool_calls", "tool_call_id",
+                         "tool_name", "is_error", "created_at"]  # fmt: skip
+EVENT_INSERT_FIELDS = ["organization", "session", "run", "type", "data", "created_at"]
+
+
 @functools.cache
 def _start_reply_statement() -> aio.Statement:
     """An assistant message at the end of the conversation, its first `message_update` event (its
@@ -380,26 +386,8 @@ def _start_reply_statement() -> aio.Statement:
     row's lock."""
     messages, events_table, runs_table = (AgentMessage._meta.db_table, AgentEvent._meta.db_table,
                                           AgentRun._meta.db_table)  # fmt: skip
-    message_columns = ", ".join(
-        f'"{AgentMessage._meta.get_field(name).column}"'
-        for name in [
-            "organization",
-            "session",
-            "run",
-            "seq",
-            "role",
-            "content",
-            "tool_calls",
-            "tool_call_id",
-            "tool_name",
-            "is_error",
-            "created_at",
-        ]  # fmt: skip
-    )
-    event_columns = ", ".join(
-        f'"{AgentEvent._meta.get_field(name).column}"'
-        for name in ["organization", "session", "run", "type", "data", "created_at"]
-    )
+    message_columns = aio.columns(AgentMessage, MESSAGE_INSERT_FIELDS)
+    event_columns = aio.columns(AgentEvent, EVENT_INSERT_FIELDS)
     sql = (
         f"WITH ok AS (SELECT id FROM \"{runs_table}\" WHERE id = %s AND status = 'running' FOR NO KEY UPDATE), "  # noqa: S608
         f'm AS (INSERT INTO "{messages}" ({message_columns}) SELECT %s, %s, ok.id, '
@@ -422,11 +410,6 @@ def _loop_redis():
     return shared_redis()
 
 
-def _model_columns(model, alias: str) -> tuple[list[str], str]:
-    attnames = [field.attname for field in model._meta.concrete_fields]
-    return attnames, ", ".join(f'{alias}."{model._meta.get_field(name).column}"' for name in attnames)
-
-
 @functools.cache
 def _load_statements() -> tuple[aio.Statement, aio.Statement, aio.Statement]:
     from sessions_app.models import AgentBackend, SessionServer
@@ -438,7 +421,7 @@ def _load_statements() -> tuple[aio.Statement, aio.Statement, aio.Statement]:
         f'UPDATE "{runs_table}" SET claimed_at = now(), heartbeat_at = now() '  # noqa: S608
         "WHERE id = %s AND status = 'running' AND claimed_at IS NULL RETURNING id",
     )
-    columns = [_model_columns(model, alias)[1] for model, alias in ((AgentRun, "r"), (AgentSession, "s"),
+    columns = [aio.columns(model, alias=alias) for model, alias in ((AgentRun, "r"), (AgentSession, "s"),
                                                                     (AgentBackend, "b"), (Organization, "o"))]  # fmt: skip
     load = aio.Statement(
         "agentapi_run_load",
@@ -469,15 +452,11 @@ async def _claim_and_load(run_id: str, organization_id: int):
     values = list(rows[0])
     loaded = []
     for model in (AgentRun, AgentSession, AgentBackend, Organization):
-        attnames = _model_columns(model, "")[0]
-        loaded.append(values[: len(attnames)])
-        values = values[len(attnames) :]
-    run = aio.instance(AgentRun, _model_columns(AgentRun, "")[0], loaded[0])
-    run.session = aio.instance(AgentSession, _model_columns(AgentSession, "")[0], loaded[1])
-    run.backend = (
-        aio.instance(AgentBackend, _model_columns(AgentBackend, "")[0], loaded[2]) if loaded[2][0] is not None else None
-    )
-    organization = aio.instance(Organization, _model_columns(Organization, "")[0], loaded[3])
+        names = aio.attnames(model)
+        row = values[: len(names)]  # the backend's are NULLs when the run has none
+        loaded.append(aio.instance(model, names, row) if row[names.index(model._meta.pk.attname)] is not None else None)
+        values = values[len(names) :]
+    run, run.session, run.backend, organization = loaded
     run.organization = run.session.organization = organization
     if not claimed:
         if run.status == RunStatus.RUNNING:

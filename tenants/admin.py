@@ -15,6 +15,14 @@ from tenants.middleware import actor_for
 from tenants.models import APIKey, Membership, Organization, Role, User
 
 
+def form_error(exc: APIError, form: forms.Form) -> forms.ValidationError:
+    """A service's refusal as the admin form's error: on the fields it names, or the whole form."""
+    details = exc.details or {}
+    return forms.ValidationError(
+        {field: messages for field, messages in details.items() if field in form.fields} or str(exc.detail)
+    )
+
+
 class TenantScopedAdmin(admin.ModelAdmin):
     """Operators may do anything; staff who manage an organization may manage its rows."""
 

@@ -188,6 +188,17 @@ def instance(model, attnames: list[str], values):
     return model.from_db(None, attnames, list(values))
 
 
+def attnames(model) -> list[str]:
+    """A model's concrete fields' attribute names, in the order Model.from_db expects."""
+    return [field.attname for field in model._meta.concrete_fields]
+
+
+def columns(model, names: list[str] | None = None, alias: str = "") -> str:
+    """The quoted columns of the named fields (all concrete fields when None), optionally aliased."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{model._meta.get_field(name).column}"' for name in (names or attnames(model)))
+
+
 def insert_sql(model, attnames: list[str]) -> str:
     """INSERT of the given fields of a model (our own table and column names only)."""
     fields = [model._meta.get_field(name) for name in attnames]
