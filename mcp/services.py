@@ -76,6 +76,9 @@ def _validate(configuration: MCPConfiguration, secrets: dict) -> None:
             raise _invalid("stdio_template", "A stdio server runs from an operator's template: choose one.")
         if configuration.url:
             raise _invalid("url", "A stdio server has no URL.")
+        if stdio.starts_terminal_agent(configuration.stdio_template):
+            raise _invalid("stdio_template", "This template starts a terminal agent (an agentapi backend's), "
+                           "not an MCP server.")  # fmt: skip
         configuration.stdio_arguments = stdio.validate_arguments(
             configuration.stdio_template, configuration.stdio_arguments or {}
         )

@@ -20,6 +20,11 @@ from agentapi.errors import APIError
 # A template's arguments may name the calling agent session's workspace (sessions_app.workspaces):
 # the server then runs confined to that directory, one process per session.
 WORKSPACE = "{workspace}"
+# A template whose arguments name a port starts a terminal agent behind coder/agentapi, per agent
+# session (sessions_app.terminals), not an MCP server; its fixed environment may hand the agent
+# backend's sealed key to the process: a variable whose value is `{api_key}`.
+PORT = "{port}"
+API_KEY = "{api_key}"
 _workspace: ContextVar[str | None] = ContextVar("agentapi_stdio_workspace", default=None)
 
 
@@ -39,6 +44,10 @@ def current_workspace() -> str | None:
 
 def uses_workspace(template) -> bool:
     return any(WORKSPACE in str(argument) for argument in template.arguments)
+
+
+def starts_terminal_agent(template) -> bool:
+    return any(PORT in str(argument) for argument in template.arguments)
 
 
 # Exact names and prefixes of variables that inject code into a process or its interpreter.
@@ -125,9 +134,13 @@ def _invalid(message: str) -> APIError:
     return APIError("invalid", message, status=400, details={"stdio_arguments": [message]})
 
 
-def command_line(template, stdio_arguments: dict, workspace: str | None = None) -> tuple[str, list[str], dict]:
+def command_line(
+    template, stdio_arguments: dict, workspace: str | None = None, *, port: int | None = None, api_key: str = ""
+) -> tuple[str, list[str], dict]:
     """(executable, argv after it, environment) for a process started without a shell.
-    `{workspace}` in the template's arguments becomes `workspace` (a session's directory)."""
+    `{workspace}` in the template's arguments becomes `workspace` (a session's directory), `{port}`
+    the port a terminal agent serves on; a fixed variable whose value is `{api_key}` gets `api_key`
+    (never an argument: a command line is visible to every process on the host)."""
     command = shutil.which(template.command, path=BASE_PATH) if "/" not in template.command else template.command
     if command is None or not os.access(command, os.X_OK):
         raise FileNotFoundError(f"stdio template {template.name}: command not found")
@@ -138,6 +151,8 @@ def command_line(template, stdio_arguments: dict, workspace: str | None = None) 
             status=409,
         )
     argv = [str(a).replace(WORKSPACE, workspace) if workspace else str(a) for a in template.arguments]
+    if port is not None:
+        argv = [argument.replace(PORT, str(port)) for argument in argv]
     for option, value in (stdio_arguments.get("arguments") or {}).items():
         argv += [option, value]
     # Memory is capped as data (RLIMIT_DATA: heap and private writable mappings), not as address
@@ -149,7 +164,8 @@ def command_line(template, stdio_arguments: dict, workspace: str | None = None) 
         f"--nofile={template.open_files_limit}",
     ]
     prlimit = shutil.which("prlimit", path=BASE_PATH) or "/usr/bin/prlimit"
-    env = {**template.env, **(stdio_arguments.get("env") or {})}
+    fixed = {name: api_key if value == API_KEY else value for name, value in template.env.items()}
+    env = {**fixed, **(stdio_arguments.get("env") or {})}
     return prlimit, [*limits, "--", command, *argv], env
 
 

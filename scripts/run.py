@@ -46,6 +46,7 @@ def main() -> int:
     env = {"DJANGO_SETTINGS_MODULE": "agentapi.settings.local", **os.environ, "PYTHONUNBUFFERED": "1"}
     port = pick_port(args.port)
     base_url = f"http://127.0.0.1:{port}"
+    env.setdefault("AGENT_TERMINAL_PLATFORM_URL", base_url)  # where terminal agents reach the session's tools
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "-v", "0"], check=True, env=env, cwd=ROOT)
     subprocess.run([*manage, "bootstrap_demo", "--base-url", base_url], check=True, env=env, cwd=ROOT)

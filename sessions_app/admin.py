@@ -195,7 +195,9 @@ class AgentBackendForm(forms.ModelForm):
 
     class Meta:
         model = AgentBackend
-        fields = ["organization", "name", "kind", "base_url", "model", "settings", "enabled"]
+        fields = [
+            "organization", "name", "kind", "base_url", "template", "template_arguments", "model", "settings", "enabled",
+        ]  # fmt: skip
 
     def __init__(self, *args, request=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -209,8 +211,11 @@ class AgentBackendForm(forms.ModelForm):
         if platform and not (self.request and self.request.user.is_superuser):
             raise forms.ValidationError({"organization": "Only operators manage the platform's backends."})
         try:
-            agents._check_url(cleaned["base_url"])
-            agents._check_kind_fields(cleaned["kind"], cleaned.get("model", ""))
+            candidate = AgentBackend(**{name: cleaned.get(name) for name in AgentBackendForm.Meta.fields})
+            candidate.base_url, candidate.model = candidate.base_url or "", candidate.model or ""
+            candidate.template_arguments = candidate.template_arguments or {}
+            agents._check_kind_fields(candidate)
+            cleaned["template_arguments"] = candidate.template_arguments
             cleaned["settings"] = agents.check_settings(cleaned.get("settings") or {})
         except APIError as exc:
             raise form_error(exc, self) from None

@@ -454,20 +454,31 @@ def _sse_events(lines):
     return parse()
 
 
-async def run_agentapi(backend: AgentBackend, *, key: str, prompt: str, sink: Sink, cancel) -> Outcome:
+async def run_agentapi(
+    backend: AgentBackend, *, key: str, prompt: str, sink: Sink, cancel, local_url: str | None = None
+) -> Outcome:
     """One run of an `agentapi` backend: the message is posted to the coder/agentapi server (it
     must be `stable`), and its events followed until the agent is stable again; the agent's reply
     streams to the sink as it grows. A cancel sends the terminal an Escape (agentapi's `raw`
     message), which stops the agents it fronts. The terminal agent uses the platform's tools at
-    the session's MCP endpoint, as its own MCP configuration tells it."""
+    the session's MCP endpoint, as its own MCP configuration tells it.
+
+    `local_url`: the session's own terminal agent, started by the platform on this host's loopback
+    (sessions_app.terminals): no outbound rules (the platform chose the address), no key (the
+    process has it), no breaker shared with other sessions (one session's process failing says
+    nothing of another's)."""
     from agentapi.resilience import SharedRedis
 
-    base = backend.base_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    base = (local_url or backend.base_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {key}"} if key and local_url is None else {}
     redis = SharedRedis(settings.REDIS_URL)
     timeout = httpx2.Timeout(settings.AGENT_REQUEST_TIMEOUT, read=None)  # the events stream waits
+    if local_url is None:
+        opened = _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker_for(backend, redis))
+    else:
+        opened = httpx2.AsyncClient(timeout=settings.AGENT_REQUEST_TIMEOUT, follow_redirects=False, trust_env=False)
     try:
-        async with _http_client(backend, settings.AGENT_REQUEST_TIMEOUT, breaker_for(backend, redis)) as client:
+        async with opened as client:
 
             async def follow() -> str:
                 async with client.stream("GET", f"{base}/events", headers=headers, timeout=timeout) as stream:

@@ -4,7 +4,7 @@ An organization's owners and admins manage its backends; operators manage the pl
 every organization may use. Members see them (never a key) and choose one when they open a session.
 Every URL passes the outbound rules when saved (and again, pinned, when dialled); the API key is
 sealed and write-only; every change is audited without the key. Changing how a backend is
-reached (its URL, model or key) bumps its revision.
+reached (its URL, model, key or template) bumps its revision.
 """
 
 from django.db import transaction
@@ -12,9 +12,14 @@ from django.db import transaction
 from agentapi import outbound
 from agentapi.errors import APIError
 from audit.services import audit_record
-from sessions_app.models import AGENT_SETTINGS_DEFAULTS, AgentBackend
+from mcp import stdio
+from sessions_app.models import AGENT_SETTINGS_DEFAULTS, AgentBackend, AgentKind
 from tenants.authentication import Principal
 from tenants.models import MANAGER_ROLES
+
+# What says how a backend is reached: changing one bumps its revision (its clients are rebuilt, a
+# terminal agent started from its template is restarted).
+REACHED_BY = {"base_url", "model", "api_key", "template", "template_arguments"}
 
 # Inclusive bounds of each setting (None: unset, the backend's own default applies).
 _BOUNDS = {
@@ -64,33 +69,57 @@ def _check_url(url: str) -> None:
         raise APIError(exc.code, str(exc), status=400, details={"base_url": [str(exc)]}) from None
 
 
-def _check_kind_fields(kind: str, model: str) -> None:
-    if kind in ("openai", "anthropic") and not model:
-        raise _invalid("model", f"A {kind} backend names its model.")
+def _check_kind_fields(backend: AgentBackend) -> None:
+    """What a backend of its kind needs: a model's URL and model; a coder/agentapi server's URL, or
+    an operator's template that starts one per session (its arguments checked against it)."""
+    if backend.kind != AgentKind.AGENTAPI:
+        if not backend.model:
+            raise _invalid("model", f"A {backend.kind} backend names its model.")
+        if backend.template_id is not None or backend.template_arguments:
+            raise _invalid("template", "Only agentapi backends start from a template.")
+    elif (backend.template_id is None) == (not backend.base_url):
+        raise _invalid("base_url", "An agentapi backend has either the URL of a coder/agentapi server or a template.")
+    if backend.template_id is not None:
+        if not stdio.starts_terminal_agent(backend.template):
+            raise _invalid("template", "This template starts an MCP server: a terminal agent's names {port}.")
+        arguments = stdio.validate_arguments(backend.template, backend.template_arguments or {})
+        backend.template_arguments = arguments if any(arguments.values()) else {}
+    elif backend.template_arguments:
+        raise _invalid("template_arguments", "Only a backend with a template takes its arguments.")
+    if not backend.base_url and backend.kind != AgentKind.AGENTAPI:
+        raise _invalid("base_url", f"A {backend.kind} backend names its server's URL.")
+    if backend.base_url:
+        _check_url(backend.base_url)
 
 
 @transaction.atomic
 def agent_create(
-    *, principal: Principal, platform: bool, name: str, kind: str, base_url: str, model: str = "", api_key: str = "",
-    settings=None, enabled: bool = True,
+    *, principal: Principal, platform: bool, name: str, kind: str, base_url: str = "", model: str = "",
+    api_key: str = "", settings=None, enabled: bool = True, template=None, template_arguments=None,
 ) -> AgentBackend:  # fmt: skip
     may_write(principal, platform=platform)
     organization = None if platform else principal.organization
     if AgentBackend.objects.filter(organization=organization, name=name).exists():
         raise APIError("conflict", f"An agent backend named {name!r} already exists.", status=409)
-    _check_url(base_url)
-    _check_kind_fields(kind, model)
     backend = AgentBackend(
         organization=organization, name=name, kind=kind, base_url=base_url, model=model,
-        settings=check_settings({} if settings is None else settings), enabled=enabled,
+        settings=check_settings({} if settings is None else settings), enabled=enabled, template=template,
+        template_arguments=template_arguments or {},
     )  # fmt: skip
+    _check_kind_fields(backend)
     backend.set_api_key(api_key)
     backend.save()
     audit_record(
         "agent.create",
         target=backend,
         organization_id=backend.organization_id,
-        details={"name": name, "kind": kind, "platform": platform, "has_api_key": bool(api_key)},
+        details={
+            "name": name,
+            "kind": kind,
+            "platform": platform,
+            "has_api_key": bool(api_key),
+            **({"template": template.name} if template is not None else {}),
+        },  # fmt: skip
     )
     return backend
 
@@ -100,17 +129,15 @@ def agent_update(*, principal: Principal, backend: AgentBackend, api_key=None, *
     may_write(principal, platform=backend.organization_id is None)
     if "settings" in changes:
         changes["settings"] = check_settings(changes["settings"])
-    if "base_url" in changes:
-        _check_url(changes["base_url"])
-    _check_kind_fields(backend.kind, changes.get("model", backend.model))
     changed = sorted(name for name, value in changes.items() if getattr(backend, name) != value)
     for name, value in changes.items():
         setattr(backend, name, value)
+    _check_kind_fields(backend)
     if api_key is not None:
         backend.set_api_key(api_key)
         changed.append("api_key")
     if changed:
-        if {"base_url", "model", "api_key"} & set(changed):
+        if REACHED_BY & set(changed):
             backend.revision += 1
         backend.save()
         audit_record(
@@ -128,7 +155,7 @@ def agent_save(*, backend: AgentBackend, changed: set[str], api_key: str | None,
     revision bumped when how the backend is reached changed, audited without the key."""
     if backend.settings:
         backend.settings = check_settings(backend.settings)
-    if not created and {"base_url", "model"} & changed or (not created and api_key):
+    if not created and REACHED_BY & changed or (not created and api_key):
         backend.revision += 1
     if created:
         backend.save()  # its uuid (the key's sealing context) is fixed first

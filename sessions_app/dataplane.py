@@ -53,7 +53,8 @@ _SESSION_FIELDS = [
 
 @cache
 def session_token() -> SecretCredential:
-    """The session's own token, accepted at its MCP endpoint (and only there)."""
+    """The session's own token, accepted at its MCP endpoint (and only there): the one its user was
+    given, or its terminal agent's (sessions_app.terminals)."""
     table = AgentSession._meta.db_table
     return SecretCredential(
         prefix=SESSION_TOKEN_PREFIX,
@@ -63,7 +64,7 @@ def session_token() -> SecretCredential:
             "agentapi_scope_from_session_token",
             "SELECT set_config('app.organization_ids', s.organization_id::text, true), "  # noqa: S608
             "set_config('app.user_id', s.user_id::text, true), set_config('app.secret_hash', '', true), s.id "
-            f"FROM \"{table}\" s WHERE s.mcp_token_hash = %s AND s.status = 'active'",
+            f"FROM \"{table}\" s WHERE %s IN (s.mcp_token_hash, s.agent_token_hash) AND s.status = 'active'",
         ),
     )
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 import mcp_types as types
+from django.db.models import Q
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -329,7 +330,11 @@ def _find_sync(
     elif session_tokens and token.startswith(SESSION_TOKEN_PREFIX):
         hashed = hash_session_token(token)
         with use_scope(DatabaseScope(secret_hash=hashed)):
-            owner = AgentSession._base_manager.filter(mcp_token_hash=hashed, status="active").first()
+            owner = (
+                AgentSession._base_manager.filter(Q(mcp_token_hash=hashed) | Q(agent_token_hash=hashed))
+                .filter(status="active")
+                .first()
+            )
         if owner is None:
             raise Unauthenticated("invalid_token", "Invalid or ended token.", credential="session_token")
         with scoping.organization_scope(owner.organization):

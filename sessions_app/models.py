@@ -146,7 +146,19 @@ class AgentBackend(models.Model):
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.SlugField(max_length=63)
     kind = models.CharField(max_length=16, choices=AgentKind.choices)
-    base_url = models.URLField(max_length=2048, help_text="Checked against the outbound rules; pinned when dialled.")
+    base_url = models.URLField(
+        max_length=2048, blank=True,
+        help_text="Checked against the outbound rules; pinned when dialled. Empty for an agentapi backend started "
+        "per session from a template.",
+    )  # fmt: skip
+    template = models.ForeignKey(
+        "mcp.StdioTemplate", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="agentapi only: the operator's template that starts a terminal agent per session "
+        "(sessions_app.terminals); its arguments name {port}.",
+    )  # fmt: skip
+    template_arguments = models.JSONField(
+        default=dict, blank=True, help_text='What the template lets you set: {"arguments": {...}, "env": {...}}.'
+    )
     model = models.CharField(max_length=200, blank=True, help_text="The model name (openai and anthropic kinds).")
     api_key_sealed = models.TextField(blank=True, editable=False)
     settings = models.JSONField(
@@ -217,6 +229,9 @@ class AgentSession(TenantModel):
     prompt_layers = models.JSONField(default=list, blank=True, help_text="The layers and versions composed.")
     metadata = models.JSONField(default=dict, blank=True)
     mcp_token_hash = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
+    # The token of the terminal agent started for this session (sessions_app.terminals): a second
+    # session token, minted by the worker that starts the process, ending with it or the session.
+    agent_token_hash = models.CharField(max_length=64, blank=True, editable=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_active_at = models.DateTimeField()
     expires_at = models.DateTimeField(help_text="When it expires if unused (sliding), never after its maximum age.")

@@ -20,6 +20,7 @@ is failed by the reaper (`reap`, scheduled), so none stays `running`.
 import asyncio
 import functools
 import logging
+import socket
 import time
 from datetime import timedelta
 
@@ -493,26 +494,28 @@ def _claim(run_id) -> AgentRun | None:
     return run
 
 
-def execute_task(organization_id: int, run_id) -> str:
+def execute_task(organization_id: int, run_id, *, node: str | None = None, forwarded: bool = False) -> str:
     """The `agent_run` task: the run in its organization's scope. On PostgreSQL the organization
-    comes with the claim, in its one round trip."""
+    comes with the claim, in its one round trip. `node`: the Celery node running it; `forwarded`:
+    it was handed here by another node (sessions_app.terminals)."""
     from tenants.models import Organization
 
     if not aio.available():
         with scoping.organization_scope(Organization.objects.get(pk=organization_id)):
-            return execute(run_id)
+            return execute(run_id, node=node, forwarded=forwarded)
     from mcp import pool
 
     loaded = pool.run_on_pool_loop(_claim_and_load, str(run_id), organization_id)
     if loaded is None:
         return "skipped"
     with scoping.organization_scope(loaded[3]):
-        return execute(run_id, loaded[:3])
+        return execute(run_id, loaded[:3], node=node, forwarded=forwarded)
 
 
-def execute(run_id, loaded=None) -> str:
+def execute(run_id, loaded=None, *, node: str | None = None, forwarded: bool = False) -> str:
     """A run (in its organization's scope), claimed by this call unless `loaded` (_claim_and_load)
-    says it was. Returns the run's status."""
+    says it was. Returns the run's status ("forwarded": handed to the node that owns the
+    session's terminal agent)."""
     from mcp import pool
 
     if loaded is not None:
@@ -540,7 +543,13 @@ def execute(run_id, loaded=None) -> str:
         # On the worker's one long-lived loop (the MCP pool's), where each backend's client and its
         # open connections are kept between runs (sessions_app.agent_loop).
         prepared = _prepare(run, conversation, attached)
-        pool.run_on_pool_loop(_drive, run, key, prepared, timeout=backend.setting("run_timeout_seconds") + 60)
+        if backend.template_id is not None:
+            backend.template  # noqa: B018 (loaded here, where the ORM may be used; the terminal starts from it)
+        node = node or socket.gethostname()
+        timeout = backend.setting("run_timeout_seconds") + settings.AGENT_TERMINAL_START_SECONDS + 60
+        elsewhere = pool.run_on_pool_loop(_drive, run, key, prepared, node, forwarded, timeout=timeout)
+        if elsewhere is not None:
+            return _hand_on(run, elsewhere.node)
     except Exception:
         log.exception("agent run failed", extra={"run": str(run.pk)})
         _finish(
@@ -564,7 +573,40 @@ def _prepare(run: AgentRun, conversation=None, attached=None) -> tuple[list[dict
     return conversation[:prompt_at], conversation[prompt_at]["content"], listed
 
 
-async def _drive(run: AgentRun, key: str, prepared) -> None:
+def _hand_on(run: AgentRun, node: str) -> str:
+    """Give a claimed run back and send it to `node`, which owns its session's terminal agent."""
+    from celery.utils import worker_direct
+
+    from sessions_app.tasks import agent_run
+
+    if not AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(claimed_at=None):
+        return "skipped"  # cancelled meanwhile
+    try:
+        agent_run.apply_async((run.organization_id, str(run.pk)), {"forwarded": True}, queue=worker_direct(node))
+    except Exception:
+        log.exception("agent run not handed on", extra={"run": str(run.pk)})
+        fail_unqueued(run.pk)
+        return RunStatus.FAILED
+    log.info("agent run handed to the node of its terminal agent", extra={"run": str(run.pk), "node": node})
+    return "forwarded"
+
+
+async def _terminal_url(run: AgentRun, key: str, node: str, forwarded: bool):
+    """The session's own terminal agent (sessions_app.terminals): its URL, or Elsewhere."""
+    from sessions_app import terminals
+
+    try:
+        found = await terminals.acquire(run.session, run.backend, key, node=node)
+    except terminals.StartFailed as exc:
+        raise agent_loop.RunStopped("agent_unavailable", str(exc)) from None
+    if isinstance(found, terminals.Elsewhere) and forwarded:
+        raise agent_loop.RunStopped(
+            "agent_unavailable", "The session's terminal agent is on a worker that did not take the run; try again."
+        )
+    return found
+
+
+async def _drive(run: AgentRun, key: str, prepared, node: str = "", forwarded: bool = False):
     # Database writes go to one thread, in order; tool calls each to a thread of their own, so a
     # slow tool holds up neither the heartbeat nor the others.
     def db(func):
@@ -600,7 +642,14 @@ async def _drive(run: AgentRun, key: str, prepared) -> None:
 
     beating = asyncio.ensure_future(heartbeat())
     try:
-        if backend.kind == AgentKind.AGENTAPI:
+        if backend.template_id is not None:
+            local_url = await _terminal_url(run, key, node, forwarded)
+            if not isinstance(local_url, str):
+                return local_url  # another node's: execute() hands the run on
+            outcome = await agent_loop.run_agentapi(
+                backend, key=key, prompt=prompt, sink=sink, cancel=cancel, local_url=local_url
+            )
+        elif backend.kind == AgentKind.AGENTAPI:
             outcome = await agent_loop.run_agentapi(backend, key=key, prompt=prompt, sink=sink, cancel=cancel)
         else:
             outcome = await agent_loop.run_model(

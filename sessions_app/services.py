@@ -135,8 +135,8 @@ def session_close(*, session: AgentSession, reason: str = "closed") -> AgentSess
         return session
     session.status = SessionStatus.EXPIRED if reason == "expired" else SessionStatus.CLOSED
     session.closed_at = timezone.now()
-    session.mcp_token_hash = ""  # its token ends with it
-    session.save(update_fields=["status", "closed_at", "mcp_token_hash"])
+    session.mcp_token_hash = session.agent_token_hash = ""  # its tokens end with it
+    session.save(update_fields=["status", "closed_at", "mcp_token_hash", "agent_token_hash"])
     # Its workspace goes once the end is committed; its stdio servers follow (mcp.pool).
     transaction.on_commit(lambda: workspaces.remove(session))
     audit_record(

@@ -478,6 +478,20 @@ AGENT_BREAKER_RESET_SECONDS = env.float("AGENT_BREAKER_RESET_SECONDS", default=3
 AGENT_RUN_HEARTBEAT_SECONDS = env.float("AGENT_RUN_HEARTBEAT_SECONDS", default=2.0)
 AGENT_RUN_LOST_SECONDS = env.float("AGENT_RUN_LOST_SECONDS", default=30.0)
 AGENT_RUN_QUEUE_SECONDS = env.float("AGENT_RUN_QUEUE_SECONDS", default=600.0)
+# Terminal agents started per session from a template (sessions_app.terminals). Where such an agent
+# reaches the platform's session MCP endpoint (the data plane, as seen from the worker's host);
+# how long it may take to answer GET /status after starting, and to stop after SIGTERM; how long it
+# may sit idle before its worker stops it; its owner's lease in Redis and how often the owner
+# renews it and checks the session, the process and the backend.
+AGENT_TERMINAL_PLATFORM_URL = env.str("AGENT_TERMINAL_PLATFORM_URL", default="http://127.0.0.1:8000")
+AGENT_TERMINAL_START_SECONDS = env.float("AGENT_TERMINAL_START_SECONDS", default=30.0)
+AGENT_TERMINAL_STOP_SECONDS = env.float("AGENT_TERMINAL_STOP_SECONDS", default=5.0)
+AGENT_TERMINAL_IDLE_SECONDS = env.float("AGENT_TERMINAL_IDLE_SECONDS", default=1800.0)
+AGENT_TERMINAL_LEASE_SECONDS = env.float("AGENT_TERMINAL_LEASE_SECONDS", default=30.0)
+AGENT_TERMINAL_CHECK_SECONDS = env.float("AGENT_TERMINAL_CHECK_SECONDS", default=5.0)
+# Every worker also takes tasks sent to it by name (`<node>.dq`): a run goes to the node that owns
+# its session's terminal agent.
+CELERY_WORKER_DIRECT = True
 # Streaming text is stored and sent as `message_update` events at most this often per message.
 AGENT_TEXT_COALESCE_SECONDS = env.float("AGENT_TEXT_COALESCE_SECONDS", default=0.1)
 # An event stream sends a heartbeat comment this often; while Redis is unreachable it reads the

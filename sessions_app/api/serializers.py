@@ -1,6 +1,7 @@
 from django.utils import timezone
 from rest_framework import serializers
 
+from mcp.models import StdioTemplate
 from sessions_app.models import (
     AGENT_SETTINGS_DEFAULTS,
     AgentBackend,
@@ -128,15 +129,23 @@ class AgentSessionCreateSerializer(serializers.Serializer):
 _SETTINGS_HELP = "temperature (0-2), max_output_tokens, max_steps (default 20), run_timeout_seconds (default 600)"
 
 
+_TEMPLATE_HELP = (
+    "agentapi only, instead of base_url: the name of an operator's stdio template that starts a terminal agent "
+    "behind coder/agentapi for each session (its arguments name {port})."
+)
+_TEMPLATE_ARGUMENTS_HELP = 'What the template lets you set: {"arguments": {option: value}, "env": {NAME: value}}.'
+
+
 class AgentBackendSerializer(serializers.ModelSerializer):
     platform = serializers.SerializerMethodField()
+    template = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     has_api_key = serializers.SerializerMethodField()
     settings = serializers.SerializerMethodField()
 
     class Meta:
         model = AgentBackend
-        fields = ["id", "name", "kind", "platform", "base_url", "model", "has_api_key", "settings", "enabled",
-                  "created_at", "updated_at"]  # fmt: skip
+        fields = ["id", "name", "kind", "platform", "base_url", "template", "template_arguments", "model",
+                  "has_api_key", "settings", "enabled", "created_at", "updated_at"]  # fmt: skip
         read_only_fields = fields
 
     def get_platform(self, backend) -> bool:
@@ -155,7 +164,12 @@ class AgentBackendCreateSerializer(serializers.Serializer):
     platform = serializers.BooleanField(
         default=False, help_text="Operators only: a backend every organization may use."
     )
-    base_url = serializers.URLField(max_length=2048)
+    base_url = serializers.URLField(max_length=2048, required=False, allow_blank=True, default="")
+    template = serializers.SlugRelatedField(
+        slug_field="name", queryset=StdioTemplate.objects.all(), required=False, allow_null=True, default=None,
+        help_text=_TEMPLATE_HELP,
+    )  # fmt: skip
+    template_arguments = serializers.JSONField(required=False, default=dict, help_text=_TEMPLATE_ARGUMENTS_HELP)
     model = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     api_key = serializers.CharField(
         max_length=4096, required=False, allow_blank=True, default="", write_only=True, trim_whitespace=False
@@ -165,7 +179,12 @@ class AgentBackendCreateSerializer(serializers.Serializer):
 
 
 class AgentBackendUpdateSerializer(serializers.Serializer):
-    base_url = serializers.URLField(max_length=2048, required=False)
+    base_url = serializers.URLField(max_length=2048, required=False, allow_blank=True)
+    template = serializers.SlugRelatedField(
+        slug_field="name", queryset=StdioTemplate.objects.all(), required=False, allow_null=True,
+        help_text=_TEMPLATE_HELP,
+    )  # fmt: skip
+    template_arguments = serializers.JSONField(required=False, help_text=_TEMPLATE_ARGUMENTS_HELP)
     model = serializers.CharField(max_length=200, required=False, allow_blank=True)
     api_key = serializers.CharField(
         max_length=4096, required=False, allow_blank=True, write_only=True, trim_whitespace=False

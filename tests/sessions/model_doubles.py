@@ -17,8 +17,9 @@ from aiohttp import web
 
 
 class ModelDouble:
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, agentapi_prefix: str = "/agentapi"):
         self.wanted_port = port
+        self.agentapi_prefix = agentapi_prefix
         self.requests: list[dict] = []
         self.fail_with: int | None = None
         self.tool_calls: list[tuple[str, dict]] = []
@@ -30,6 +31,7 @@ class ModelDouble:
                                         "time": self._now()}]  # fmt: skip
         self.agent_status = "stable"
         self.raw: list[str] = []
+        self.stopped = False
         self.subscribers: list[asyncio.Queue] = []
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
@@ -42,10 +44,10 @@ class ModelDouble:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.openai)
         app.router.add_post("/v1/messages", self.anthropic)
-        app.router.add_get("/agentapi/status", self.agentapi_status)
-        app.router.add_get("/agentapi/messages", self.agentapi_messages)
-        app.router.add_post("/agentapi/message", self.agentapi_message)
-        app.router.add_get("/agentapi/events", self.agentapi_events)
+        app.router.add_get(f"{self.agentapi_prefix}/status", self.agentapi_status)
+        app.router.add_get(f"{self.agentapi_prefix}/messages", self.agentapi_messages)
+        app.router.add_post(f"{self.agentapi_prefix}/message", self.agentapi_message)
+        app.router.add_get(f"{self.agentapi_prefix}/events", self.agentapi_events)
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", self.wanted_port)
@@ -199,9 +201,11 @@ class ModelDouble:
         self._record(request, body)
         if body.get("type") == "raw":
             self.raw.append(body["content"])
+            self.stopped = self.stopped or body["content"] == "\x1b"  # Escape: the terminal agent stops
             return web.json_response({"ok": True})
         if self.agent_status != "stable":
             return web.json_response({"title": "Bad Request", "status": 400, "detail": "agent is running"}, status=400)
+        self.stopped = False
         user = {"id": len(self.transcript), "role": "user", "content": body["content"], "time": self._now()}
         self.transcript.append(user)
         self._update(user)
@@ -214,7 +218,7 @@ class ModelDouble:
         self.transcript.append(reply)
         await asyncio.sleep(self.delay)
         for word in self._words():
-            if self.raw and self.raw[-1] == "\x1b":  # Escape: the terminal agent stops
+            if self.stopped:
                 break
             await asyncio.sleep(self.chunk_delay)
             reply["content"] += word

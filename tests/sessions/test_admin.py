@@ -166,3 +166,31 @@ def test_a_sessions_conversation_and_runs_are_readable_in_the_admin(alice, acme,
     other = signed_in("charlie@globex.test")
     assert other.get(f"/admin/sessions_app/agentsession/{session.pk}/change/").status_code in (302, 404)
     assert str(run.pk) not in other.get("/admin/sessions_app/agentrun/").content.decode()
+
+
+def test_a_terminal_agent_backend_is_written_in_the_admin_from_a_template(alice, acme):
+    from mcp.models import StdioTemplate
+    from sessions_app.models import AgentBackend
+
+    template = StdioTemplate.objects.create(name="terminal", command="/bin/true", arguments=["--port", "{port}"],
+                                            allowed_env=["AGENT_MODEL"])  # fmt: skip
+    User.objects.filter(email="alice@acme.test").update(is_staff=True)
+    client = signed_in("alice@acme.test")
+    form = {"organization": acme.pk, "name": "claude", "kind": "agentapi", "template": template.pk,
+            "template_arguments": '{"env": {"AGENT_MODEL": "sonnet"}}', "settings": "{}", "enabled": "on"}  # fmt: skip
+    created = client.post("/admin/sessions_app/agentbackend/add/", form)
+    assert created.status_code == 302, created.content.decode()[:3000]
+    with scoping.organization_scope(acme):
+        backend = AgentBackend.objects.get(name="claude")
+    assert backend.template == template and backend.template_arguments == {
+        "arguments": {},
+        "env": {"AGENT_MODEL": "sonnet"},
+    }
+    # What the template does not allow, and a URL as well as a template, are refused on the form.
+    refused = client.post("/admin/sessions_app/agentbackend/add/",
+                          {**form, "name": "x", "template_arguments": '{"env": {"LD_PRELOAD": "/x.so"}}'})  # fmt: skip
+    assert refused.status_code == 200 and "never allowed" in refused.content.decode()
+    both = client.post(
+        "/admin/sessions_app/agentbackend/add/", {**form, "name": "y", "base_url": "http://127.0.0.1:9/"}
+    )
+    assert both.status_code == 200 and "either the URL" in both.content.decode()

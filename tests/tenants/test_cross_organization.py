@@ -11,7 +11,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from audit.models import AuditEvent
 from tenants import scoping
 from tenants.models import APIKey, Membership
-from tests.conftest import committed, error_of, make_key, make_member, streamed
+from tests.conftest import Api, committed, error_of, make_key, make_member, streamed
 
 
 def a_member(organization):
@@ -332,3 +332,30 @@ def test_usage_counts_the_callers_organization_only(alice_api, charlie_api, acme
             AgentRun.objects.filter(pk=target["run_id"]).update(input_tokens=tokens, output_tokens=tokens)
     assert charlie_api.get("/api/v1/sessions/usage/").json()["input_tokens"] == 7
     assert alice_api.get("/api/v1/sessions/usage/").json()["input_tokens"] == 100
+
+
+@committed
+@pytest.mark.parametrize("data_plane", [True, False])
+def test_a_terminal_agents_token_opens_its_own_session_only(data_plane, alice, charlie, acme, globex, settings):
+    """The second session token (a terminal agent's, sessions_app.terminals) on both planes: its
+    session's endpoint answers; another organization's session is refused; and row-level security
+    shows the token's hash its own session's row and nothing else."""
+    from agentapi.db.scope import DatabaseScope, use_scope
+    from sessions_app.models import AgentSession
+    from sessions_app.services import hash_session_token
+
+    settings.DATA_PLANE_ENABLED = data_plane
+    own, foreign = a_session(acme), a_session(globex)
+    token = "ast_terminal-agent-token-for-the-cross-org-test"
+    with scoping.organization_scope(acme):
+        AgentSession.objects.filter(pk=own).update(agent_token_hash=hash_session_token(token))
+    agent = Api(token)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    assert agent.post(f"/mcp/sessions/{own}/", body, **headers).status_code == 200
+    refused = agent.post(f"/mcp/sessions/{foreign}/", body, **headers)
+    assert refused.status_code in (401, 404), refused.content
+    # The token is for the MCP endpoint only: the management API does not take it.
+    assert agent.get("/api/v1/sessions/").status_code == 401
+    with use_scope(DatabaseScope(secret_hash=hash_session_token(token))):
+        assert list(AgentSession._base_manager.values_list("pk", flat=True)) == [own]

@@ -33,8 +33,11 @@ class DatabaseWrapper(base.DatabaseWrapper):
         for name, value in scope.as_settings():
             args += [name, value, local]
         self.scope_statements += 1
-        if many or isinstance(context["cursor"].cursor, psycopg.ServerCursor):
-            # executemany pipelines on its own; a named cursor cannot run in a pipeline.
+        if many or params is None or isinstance(context["cursor"].cursor, psycopg.ServerCursor):
+            # executemany pipelines on its own; a named cursor cannot run in a pipeline; nor can a
+            # statement without parameters, which may be several commands (a schema change adding a
+            # foreign key is one, then SET CONSTRAINTS) that only the simple protocol runs. The
+            # ORM always passes parameters, if only an empty tuple.
             with self.wrap_database_errors, self.connection.cursor() as cursor:
                 cursor.execute(_SET_SCOPE_SQL, args)
             self._applied_scope = scope
