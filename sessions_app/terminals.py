@@ -19,9 +19,10 @@ between runs:
 - Owned by one worker process, recorded in Redis (`agentapi:terminal:<session>`: node, owner, URL,
   backend revision, last use) under a lease its owner renews. Every process of the owner's Celery
   node may drive it (they share the host's loopback); a run delivered to another node is handed to
-  the owner's node once, through Celery's direct queue (`worker_direct`). When the owner is gone
-  its lease runs out, and the next run starts a new process: the conversation is the platform's,
-  only the terminal's own scrollback is lost.
+  the owner's node once, through Celery's direct queue (`worker_direct`), if that node answers a
+  ping. When the owner is gone (its node does not answer, or its process does not) the record is
+  stale, and the run starts a new process: the conversation is the platform's, only the terminal's
+  own scrollback is lost.
 - Stopped by its owner when the session ends (its token is cleared at once, by session_close),
   when it exits, when the backend changes (its revision) or it has been idle
   AGENT_TERMINAL_IDLE_SECONDS (both only while it is not running), or when the lease is lost.
@@ -182,10 +183,13 @@ async def acquire(session: AgentSession, backend: AgentBackend, key: str, *, nod
         await stop(here, "exited" if here.process.returncode is not None else "backend_changed")
     record = await _read(session_id)
     if record is not None and record.get("owner") != owner_name():
-        if record.get("node") != node:
+        if record.get("node") != node and await _node_answers(record["node"]):
             return Elsewhere(record["node"])
-        await _touch_record(session_id)  # a process of this node owns it: the host's loopback reaches it
-        return record["url"]
+        if record.get("node") == node and await _agent_status(record["url"]) is not None:
+            await _touch_record(session_id)  # a process of this node owns it: the host's loopback reaches it
+            return record["url"]
+        # Its owner is gone (a worker stopped or restarted within the lease): the record is stale.
+        await _registry(lambda client: client.eval(_RELEASE, 1, _key(session_id), record.get("owner", "")))
     terminal = await _start(session, backend, key)
     if not await _claim(terminal, node):  # another node started one meanwhile: use that one
         await stop(terminal, "duplicate")
@@ -347,12 +351,26 @@ def _state(terminal: Terminal) -> tuple[bool, bool, list | None]:
     return active, session.agent_token_hash == terminal.token_hash, backend
 
 
-async def _agent_status(terminal: Terminal) -> str | None:
+async def _agent_status(url: str) -> str | None:
+    """What the coder/agentapi server at `url` says its agent is doing; None when it does not answer."""
     try:
         async with httpx2.AsyncClient(timeout=2.0, trust_env=False) as client:
-            return (await client.get(f"{terminal.url}/status")).json().get("status")
-    except (httpx2.HTTPError, ValueError):
+            return (await client.get(f"{url}/status")).json().get("status")
+    except (httpx2.HTTPError, ValueError, AttributeError):
         return None
+
+
+async def _node_answers(node: str) -> bool:
+    """Whether the Celery node is up (one control ping): a run is handed only to a live node."""
+    from agentapi.celery import app
+
+    def ping() -> bool:
+        try:
+            return bool(app.control.ping(destination=[node], timeout=settings.AGENT_TERMINAL_PING_SECONDS))
+        except Exception:  # a broker without broadcast (the embedded profile's): no other node to hand to
+            return False
+
+    return await asyncio.to_thread(ping)
 
 
 async def check(terminal: Terminal) -> str | None:
@@ -369,7 +387,7 @@ async def check(terminal: Terminal) -> str | None:
         return "session_ended"
     if not ours:
         return "replaced"
-    if await _agent_status(terminal) == "running":
+    if await _agent_status(terminal.url) == "running":
         terminal.last_used = time.time()
         return None
     if backend != terminal.revision:

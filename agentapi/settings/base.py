@@ -489,6 +489,9 @@ AGENT_TERMINAL_STOP_SECONDS = env.float("AGENT_TERMINAL_STOP_SECONDS", default=5
 AGENT_TERMINAL_IDLE_SECONDS = env.float("AGENT_TERMINAL_IDLE_SECONDS", default=1800.0)
 AGENT_TERMINAL_LEASE_SECONDS = env.float("AGENT_TERMINAL_LEASE_SECONDS", default=30.0)
 AGENT_TERMINAL_CHECK_SECONDS = env.float("AGENT_TERMINAL_CHECK_SECONDS", default=5.0)
+# A run is handed to the node that owns its session's terminal only if that node answers a ping
+# within this (else its terminal is presumed gone and a new one started).
+AGENT_TERMINAL_PING_SECONDS = env.float("AGENT_TERMINAL_PING_SECONDS", default=1.0)
 # Every worker also takes tasks sent to it by name (`<node>.dq`): a run goes to the node that owns
 # its session's terminal agent.
 CELERY_WORKER_DIRECT = True

@@ -41,11 +41,11 @@ def web():
     process.wait(10)
 
 
-def start_node(name: str, web: str) -> subprocess.Popen:
+def start_node(name: str, web: str, **overrides) -> subprocess.Popen:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "agentapi.settings.test", "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
            "AGENT_TERMINAL_PLATFORM_URL": web, "AGENT_TERMINAL_CHECK_SECONDS": "0.5",
            "AGENT_TERMINAL_LEASE_SECONDS": "3", "AGENT_TERMINAL_IDLE_SECONDS": str(IDLE_SECONDS),
-           "AGENT_RUN_HEARTBEAT_SECONDS": "0.5"}  # fmt: skip
+           "AGENT_RUN_HEARTBEAT_SECONDS": "0.5", **overrides}  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "agentapi", "worker", "--pool=solo", "--loglevel=INFO",
          "-n", f"{name}@%h", "--without-heartbeat", "--without-gossip", "--without-mingle"],
@@ -174,6 +174,35 @@ def test_a_stopping_worker_stops_its_terminal_agents_and_clears_their_tokens(
         assert AgentSession.objects.get(pk=session["id"]).agent_token_hash == ""
         stops = AuditEvent.objects.filter(action="agent.terminal.stop")
         assert [e.details["reason"] for e in stops] == ["worker_stopped"]
+
+
+def test_a_terminal_whose_worker_died_is_started_again_by_the_next_run(
+    alice_api, acme, template, web, mcp_settings, request
+):
+    # Before the module's two nodes run: this test's node takes the first run.
+    lease = {"AGENT_TERMINAL_LEASE_SECONDS": "120"}  # the dead owner's record outlives these steps
+    doomed = start_node("doomed", web, **lease)
+    try:
+        session = open_session(alice_api, terminal_backend(alice_api, template))
+        first = whoami(alice_api, session)
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.communicate(timeout=30)
+    assert gone(first["pid"], timeout=5)  # it died with its worker (setpriv --pdeathsig)
+    assert registry(session["id"])["node"].startswith("doomed@")  # no one cleared its record
+    # The same node restarted: the record names a process that is gone, so a new terminal starts.
+    again = start_node("doomed", web, **lease)
+    try:
+        second = whoami(alice_api, session)
+    finally:
+        again.send_signal(signal.SIGKILL)
+        again.communicate(timeout=30)
+    assert second["pid"] != first["pid"] and gone(second["pid"], timeout=5)
+    # Other nodes: the owner's node does not answer a ping, so the run is not handed to it.
+    request.getfixturevalue("nodes")
+    third = whoami(alice_api, session)
+    assert third["pid"] not in (first["pid"], second["pid"])
+    assert not registry(session["id"])["node"].startswith("doomed@")
 
 
 def test_a_session_gets_its_own_terminal_agent_which_uses_the_platforms_tools(
