@@ -454,6 +454,11 @@ def _sse_events(lines):
     return parse()
 
 
+# A terminal found running when a message is to be posted may be finishing what it was doing (an
+# Escape sent by a cancel stops it within moments): it gets this long to become stable.
+BUSY_GRACE_SECONDS = 10.0
+
+
 async def run_agentapi(
     backend: AgentBackend, *, key: str, prompt: str, sink: Sink, cancel, local_url: str | None = None
 ) -> Outcome:
@@ -493,7 +498,9 @@ async def run_agentapi(
                             await sink.set_text(reply)
                         elif event == "status_change" and not posted:
                             if data.get("status") != "stable":
-                                raise RunStopped("agent_busy", "The terminal agent is busy with something else.")
+                                busy["since"] = busy["since"] or time.monotonic()
+                                continue  # winding down (a cancelled run's Escape, say): wait for stable
+                            busy["since"] = None
                             answer = await client.post(f"{base}/message", headers=headers,
                                                        json={"content": prompt, "type": "user"})  # fmt: skip
                             if answer.status_code != 200 or not answer.json().get("ok"):
@@ -506,10 +513,14 @@ async def run_agentapi(
                                 return reply
                 raise RunStopped("agent_error", "The agentapi server ended its event stream mid-run.")
 
+            busy: dict = {"since": None}  # when the terminal was found running before the message was posted
             following = asyncio.ensure_future(follow())
             deadline = time.monotonic() + backend.setting("run_timeout_seconds")
             while not following.done():
                 await asyncio.wait([following], timeout=0.2)
+                if busy["since"] and time.monotonic() - busy["since"] > BUSY_GRACE_SECONDS and not following.done():
+                    following.cancel()
+                    raise RunStopped("agent_busy", "The terminal agent is busy with something else.")
                 if time.monotonic() > deadline and not following.done():
                     following.cancel()
                     raise RunStopped("timed_out", "The run took longer than its backend's run_timeout_seconds.")

@@ -17,7 +17,7 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEvent
-from sessions_app import runs
+from sessions_app import agent_loop, runs
 from sessions_app.models import AgentEvent, AgentMessage, AgentRun
 from tenants import scoping
 from tests.conftest import committed, error_of
@@ -482,6 +482,25 @@ def test_an_agentapi_backend_runs_the_terminal_agent_behind_coder_agentapi(
     while "\x1b" not in double.raw:
         assert time.monotonic() < deadline, double.raw
         time.sleep(0.1)
+
+
+def test_a_terminal_busy_with_something_else_fails_the_run_after_its_grace(alice_api, double, worker, mcp_settings):
+    created = alice_api.post("/api/v1/agents/", {"name": "busy-terminal", "kind": "agentapi",
+                                                 "base_url": f"{double.url}/agentapi"})  # fmt: skip
+    session = open_session(alice_api, created.json())
+    deadline = time.monotonic() + 10
+    while double.agent_status != "stable" or double.subscribers:  # an earlier test's reply has ended
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    double.agent_status = "running"  # someone else's work, never finishing
+    try:
+        started = time.monotonic()
+        run = finished(alice_api, session, send(alice_api, session, "Me next.")["run"]["id"])
+    finally:
+        double.agent_status = "stable"
+    assert run["status"] == "failed" and run["error"]["code"] == "agent_busy", run
+    assert time.monotonic() - started >= agent_loop.BUSY_GRACE_SECONDS
+    assert not [r for r in double.requests if r["path"] == "/agentapi/message"]  # nothing was typed into it
 
 
 def test_the_embedded_profiles_way_serves_the_same_conversation(alice_api, bob_api, double, worker, settings):
