@@ -31,7 +31,7 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.module_loading import import_string
 from rest_framework import exceptions
 
-from agentapi import context, errors, metrics
+from agentapi import context, errors, metrics, ratelimit
 from agentapi.db import aio
 
 logger = logging.getLogger(__name__)
@@ -243,7 +243,12 @@ async def serve(route: Route, kwargs: dict, scope, receive, send) -> None:
             location = f"https://{host}{scope['path']}" + (f"?{query}" if query else "")
             extra.append((b"location", location.encode("latin-1")))
         else:
-            status, data, more = await _answer(route, kwargs, scope, receive, headers)
+            limited = ratelimit.admitted_headers.set({})
+            try:
+                status, data, more = await _answer(route, kwargs, scope, receive, headers)
+                more = {**ratelimit.admitted_headers.get(), **more}
+            finally:
+                ratelimit.admitted_headers.reset(limited)
             extra += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in more.items()]
         body = b"" if data is None else _json_bytes(data)
         response_headers = [

@@ -15,6 +15,8 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from agentapi import ratelimit
+
 logger = logging.getLogger(__name__)
 
 _CODES = {
@@ -87,6 +89,10 @@ def exception_handler(exc, context):
     if response is None:
         return None  # not a client error: Django's 500 handler answers (and logs) it
     code, message, details = _describe(exc)
+    if isinstance(exc, ratelimit.RateLimited):
+        details = exc.details
+        for name, value in ratelimit.headers(exc.decision).items():
+            response[name] = value
     response.data = error_body(code, message, details)
     if response.status_code == 401 and response.has_header("WWW-Authenticate"):
         response["WWW-Authenticate"] = _www_authenticate(exc, message, response["WWW-Authenticate"])
@@ -111,6 +117,9 @@ def api_error_parts(exc: exceptions.APIException, *, challenge: str) -> tuple[in
     wait = getattr(exc, "wait", None)
     if wait:
         headers["Retry-After"] = str(int(wait))
+    if isinstance(exc, ratelimit.RateLimited):
+        details = exc.details
+        headers.update(ratelimit.headers(exc.decision))
     return exc.status_code, error_body(code, message, details), headers
 
 

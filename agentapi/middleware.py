@@ -83,3 +83,18 @@ class APIGuardMiddleware:
             error = errors.request_too_large()
             return JsonResponse(errors.error_body(error.error_code, str(error.detail)), status=413)
         return None
+
+
+class RateLimitHeadersMiddleware:
+    """The RateLimit-Policy and RateLimit fields of an admitted request (tenants.ratelimits leaves
+    them on the request; a refusal carries its own)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        for name, value in (getattr(request, "rate_limit_headers", None) or {}).items():
+            if not response.has_header(name):
+                response[name] = value
+        return response

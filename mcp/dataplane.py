@@ -36,7 +36,7 @@ from mcp.api import serializers as s
 from mcp.credentials import target_for
 from mcp.models import AuthType, MCPConfiguration, PinStatus, ToolPin, Transport
 from oauth import services as oauth_services
-from tenants import scoping, security
+from tenants import ratelimits, scoping, security
 from tenants.authentication import Principal, bearer_authenticate_async
 
 # -- find -------------------------------------------------------------------------------------
@@ -183,6 +183,7 @@ async def _handle(request, pk: str, serializer_class, perform) -> dict:
         data, error = _body(request)
         name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
         principal, configuration, withheld = await authenticate_and_find(request, pk, name)
+        await ratelimits.enforce_async("mcp", principal)
         with scoping.organization_scope(principal.organization, actor=principal.actor):
             request_context.annotate(user=str(principal.membership.user_id))
             validated = _valid(serializer_class, data, error)

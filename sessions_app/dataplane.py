@@ -35,7 +35,7 @@ from mcp.models import MCPConfiguration, PinStatus, ToolPin
 from sessions_app import liveness, naming, tools, workspaces
 from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
-from tenants import scoping, security
+from tenants import ratelimits, scoping, security
 from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async
 
 log = logging.getLogger(__name__)
@@ -327,6 +327,7 @@ async def _handle(request, session_id: str, serializer_class, prefix_of, perform
         named = data.get(serializer_class.routing_field) if isinstance(data, dict) else None
         prefix, tool = prefix_of(named if isinstance(named, str) else "")
         found = await authenticate_and_find(request, session_id, prefix=prefix, tool=tool)
+        await ratelimits.enforce_async("mcp", found.principal)
         with scoping.organization_scope(found.principal.organization, actor=found.principal.actor):
             request_context.annotate(user=str(found.principal.membership.user_id), session=str(found.session.pk))
             validated = mcp_dataplane._valid(serializer_class, data, error)

@@ -80,8 +80,24 @@ class UserAdmin(DjangoUserAdmin):
         return request.user.is_superuser
 
 
+class OrganizationForm(forms.ModelForm):
+    class Meta:
+        model = Organization
+        fields = ["slug", "name", "is_active", "settings"]
+
+    def clean_settings(self):
+        """The limits as the operators' API checks them (tenants.api.serializers)."""
+        from tenants.api.serializers import OrganizationSettingsSerializer
+
+        checked = OrganizationSettingsSerializer(data=self.cleaned_data.get("settings") or {})
+        if not checked.is_valid():
+            raise forms.ValidationError(str(checked.errors))
+        return {**(self.cleaned_data.get("settings") or {}), **checked.validated_data}
+
+
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
+    form = OrganizationForm
     list_display = ["slug", "name", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "agentapi.middleware.RequestContextMiddleware",
     "agentapi.middleware.APIGuardMiddleware",
+    "agentapi.middleware.RateLimitHeadersMiddleware",
     "agentapi.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -299,7 +300,32 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
     "URL_FORMAT_OVERRIDE": None,
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.ratelimits.RateLimitThrottle"],
 }
+
+# Rate limits (agentapi.ratelimit): per class of endpoint, per credential (API key, or user) and per
+# organization, each COUNT/PERIOD (second, minute, hour, day); an organization's setting
+# `rate_limits` overrides them class by class. A POST to a route named here is of its class; other
+# requests are `read` (GET, HEAD, OPTIONS) or `write`.
+RATE_LIMITS = {
+    "read": {"credential": "1200/minute", "organization": "12000/minute"},
+    "write": {"credential": "300/minute", "organization": "3000/minute"},
+    "mcp": {"credential": "1200/minute", "organization": "12000/minute"},
+    "agent": {"credential": "60/minute", "organization": "600/minute"},
+    "auth": {"credential": "30/minute", "address": "60/minute"},
+}
+RATE_LIMIT_ROUTE_CLASSES = {
+    "mcp-proxy-tools-call": "mcp", "mcp-proxy-resources-read": "mcp", "mcp-proxy-prompts-get": "mcp",
+    "agent-session-tools-tools-call": "mcp", "agent-session-tools-resources-read": "mcp",
+    "agent-session-tools-prompts-get": "mcp", "agent-session-conversation-messages": "agent",
+    "oauth-authorize": "auth",
+}  # fmt: skip
+# Redis unreachable: `local` (each process limits alone, at each limit divided by
+# RATE_LIMIT_EXPECTED_PROCESSES), `open` or `closed` (503); `auth` is never open.
+RATE_LIMIT_FAIL_MODE = env.str("RATE_LIMIT_FAIL_MODE", default="local")
+if RATE_LIMIT_FAIL_MODE not in ("local", "open", "closed"):
+    raise ImproperlyConfigured("RATE_LIMIT_FAIL_MODE is local, open or closed.")
+RATE_LIMIT_EXPECTED_PROCESSES = env.int("RATE_LIMIT_EXPECTED_PROCESSES", default=2)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "AgentAPI",

@@ -5,6 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agentapi import ratelimit
 from tenants.models import DEFAULT_LIMITS, APIKey, Membership, Organization, Role, User
 
 
@@ -136,10 +137,23 @@ class APIKeyCreateSerializer(serializers.Serializer):
 class OrganizationSettingsSerializer(serializers.Serializer):
     max_members = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
     max_api_keys = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    max_sessions_per_user = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    rate_limits = serializers.JSONField(
+        required=False,
+        help_text='The organization\'s own rate limits over the defaults: {"read": {"credential": "600/minute", '
+        '"organization": "6000/minute"}, ...}; classes mcp, agent, write, read, auth; periods second, minute, '
+        "hour, day.",
+    )
+
+    def validate_rate_limits(self, value):
+        try:
+            return ratelimit.check_overrides(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(DEFAULT_LIMITS))
+            unknown = sorted(set(data) - set(DEFAULT_LIMITS) - {"rate_limits"})
             if unknown:
                 raise serializers.ValidationError({name: "Unknown setting." for name in unknown[:20]})
         return super().to_internal_value(data)

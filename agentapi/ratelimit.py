@@ -1,0 +1,319 @@
+"""Rate limits: per credential and per organization, per class of endpoint (DESIGN.md: `mcp`,
+`agent`, `write`, `read`, `auth`), shared by every process through Redis.
+
+Every limit that applies to a request is decided in one Redis round trip: one Lua script runs GCRA
+(the generic cell rate algorithm) over each limit's key on Redis's own clock (so the hosts' clocks
+do not matter), and refuses if any limit would be exceeded, in which case it spends nothing of the
+others. A limit of N per period admits a burst of N, then one every period/N.
+
+Why not django-ratelimit, which the design card names (tenants.signin keeps it for the admin's
+sign-in, where it fits): its counter is a fixed window of two cache round trips per limit (a burst
+across a window's edge gets twice the rate, and several limits cost several round trips), it
+refuses with 403, sends no RateLimit headers, and fails closed when the cache does. None of those
+can be configured away; a script of our own is a dozen lines.
+
+When Redis is unreachable, RATE_LIMIT_FAIL_MODE decides: `local` (each process limits on its own,
+at each limit divided by RATE_LIMIT_EXPECTED_PROCESSES), `open` (nothing is limited) or `closed`
+(every limited request is refused with 503 and Retry-After); the `auth` class is never open (open
+falls back to local for it).
+
+An organization's own limits are its setting `rate_limits`, `{"read": {"credential": "600/minute",
+"organization": "6000/minute"}, ...}`, over the defaults in RATE_LIMITS.
+"""
+
+import logging
+import math
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from django.conf import settings
+from prometheus_client import Counter
+from rest_framework import exceptions
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("mcp", "agent", "write", "read", "auth")
+SCOPES = ("credential", "organization", "address")
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+# The data plane's admitted request: its RateLimit fields, sent with its answer.
+admitted_headers: ContextVar[dict] = ContextVar("agentapi_rate_limit_headers", default={})  # noqa: B039 (never mutated)
+
+REFUSED = Counter("agentapi_rate_limited_total", "Requests refused by a rate limit", ["class", "scope"])
+
+
+@dataclass(frozen=True)
+class Limit:
+    klass: str
+    scope: str
+    subject: str  # whose: the credential, the organization, the address
+    count: int
+    period: int
+
+    @property
+    def policy(self) -> str:
+        return f"{self.klass}-{self.scope}"
+
+    @property
+    def key(self) -> str:
+        return f"agentapi:rl:{self.klass}:{self.scope}:{self.subject}"
+
+    @property
+    def rate(self) -> str:
+        name = next(name for name, seconds in PERIODS.items() if seconds == self.period)
+        return f"{self.count}/{name}"
+
+
+@dataclass
+class Decision:
+    limits: list[Limit]
+    refused_by: Limit | None
+    retry_after: float  # seconds (0 when allowed)
+    remaining: list[int]
+    reset: list[float]  # seconds until each limit is whole again
+
+
+class RateLimited(exceptions.Throttled):
+    """429 `rate_limited`, naming the limit, with Retry-After (agentapi.errors)."""
+
+    def __init__(self, decision: Decision):
+        limit = decision.refused_by
+        super().__init__(
+            wait=max(1, math.ceil(decision.retry_after)),
+            detail=f"Rate limit exceeded: {limit.rate} for {limit.klass} requests per {limit.scope}.",
+        )
+        self.decision = decision
+        self.details = {"limit": limit.policy, "rate": limit.rate}
+
+
+class LimitsUnavailable(exceptions.APIException):
+    """503: Redis is down and the limits fail closed."""
+
+    status_code = 503
+    default_detail = "Rate limits cannot be checked right now; try again shortly."
+    default_code = "rate_limits_unavailable"
+
+    def __init__(self):
+        super().__init__()
+        self.wait = 5
+
+
+# -- rates ---------------------------------------------------------------------------------------
+
+
+def parse(rate) -> tuple[int, int]:
+    """ "600/minute" -> (600, 60). Raises ValueError."""
+    if not isinstance(rate, str) or rate.count("/") != 1:
+        raise ValueError("A rate is COUNT/PERIOD, e.g. 600/minute.")
+    count, period = rate.split("/")
+    if not count.isdigit() or not 0 < int(count) <= 10_000_000 or period not in PERIODS:
+        raise ValueError(f"A rate is COUNT/PERIOD: a count from 1 to 10000000, a period of {', '.join(PERIODS)}.")
+    return int(count), PERIODS[period]
+
+
+def check_overrides(value) -> dict:
+    """An organization's `rate_limits` setting, checked. Raises ValueError naming what is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError('An object of classes to scopes to rates: {"read": {"credential": "600/minute"}}.')
+    for klass, scopes in value.items():
+        if klass not in CLASSES:
+            raise ValueError(f"Unknown class {klass!r}; the classes are {', '.join(CLASSES)}.")
+        if not isinstance(scopes, dict):
+            raise ValueError(f"{klass}: an object of scopes ({', '.join(SCOPES)}) to rates.")
+        for scope, rate in scopes.items():
+            if scope not in SCOPES:
+                raise ValueError(f"{klass}: unknown scope {scope!r}; the scopes are {', '.join(SCOPES)}.")
+            try:
+                parse(rate)
+            except ValueError as exc:
+                raise ValueError(f"{klass}.{scope}: {exc}") from None
+    return value
+
+
+def limits_for(klass: str, subjects: dict[str, str], overrides: dict | None = None) -> list[Limit]:
+    """The limits of a class for the given subjects ({"credential": "key:12", "organization": "3"}),
+    the organization's own rates over the defaults."""
+    rates = {**settings.RATE_LIMITS.get(klass, {}), **((overrides or {}).get(klass) or {})}
+    found = []
+    for scope, subject in subjects.items():
+        rate = rates.get(scope)
+        if rate and subject:
+            count, period = parse(rate)
+            found.append(Limit(klass, scope, str(subject), count, period))
+    return found
+
+
+# -- deciding ------------------------------------------------------------------------------------
+
+# KEYS: one per limit. ARGV: per limit, its emission interval and its burst tolerance (the
+# period), in microseconds. Returns: the refusing limit's position (0: none) and how long until it
+# admits, then per limit what remains and how long until it is whole. Nothing is written when
+# one refuses.
+GCRA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local refused, wait, tats = 0, 0, {}
+for i = 1, #KEYS do
+  local interval, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat + interval
+  if tats[i] - tau > now and refused == 0 then refused, wait = i, tats[i] - tau - now end
+end
+local out = {refused, wait}
+for i = 1, #KEYS do
+  local interval, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tats[i]
+  if refused == 0 then
+    redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
+  else
+    tat = tat - interval
+  end
+  out[#out + 1] = math.max(0, math.floor((now + tau - tat) / interval))
+  out[#out + 1] = math.max(0, tat - now)
+end
+return out
+"""
+
+
+def _arguments(limits: list[Limit]) -> list[int]:
+    argv = []
+    for limit in limits:
+        period = limit.period * 1_000_000
+        argv += [period // limit.count, period]
+    return argv
+
+
+def _decision(limits: list[Limit], reply, scale: float = 1e6) -> Decision:
+    refused, wait = int(reply[0]), float(reply[1]) / scale
+    remaining = [int(reply[2 + 2 * i]) for i in range(len(limits))]
+    reset = [float(reply[3 + 2 * i]) / scale for i in range(len(limits))]
+    return Decision(limits, limits[refused - 1] if refused else None, wait, remaining, reset)
+
+
+class _Local:
+    """The same algorithm in this process's memory (Redis down, fail mode `local`), each limit
+    divided by RATE_LIMIT_EXPECTED_PROCESSES."""
+
+    def __init__(self):
+        self.tats: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def decide(self, limits: list[Limit]) -> Decision:
+        share = max(1, settings.RATE_LIMIT_EXPECTED_PROCESSES)
+        now = time.monotonic()
+        with self.lock:
+            if len(self.tats) > 100_000:
+                self.tats = {key: tat for key, tat in self.tats.items() if tat > now}
+            refused, wait, tats = None, 0.0, []
+            for limit in limits:
+                count = max(1, limit.count // share)
+                interval, tau = limit.period / count, float(limit.period)
+                tat = max(self.tats.get(limit.key, now), now) + interval
+                tats.append((tat, interval, tau, count))
+                if tat - tau > now and refused is None:
+                    refused, wait = limit, tat - tau - now
+            remaining, reset = [], []
+            for limit, (tat, interval, tau, _count) in zip(limits, tats, strict=True):
+                if refused is None:
+                    self.tats[limit.key] = tat
+                else:
+                    tat -= interval
+                remaining.append(max(0, math.floor((now + tau - tat) / interval)))
+                reset.append(max(0.0, tat - now))
+        return Decision(limits, refused, wait, remaining, reset)
+
+
+_local = _Local()
+
+
+def _fallback(limits: list[Limit]) -> Decision | None:
+    """Redis is unreachable: the fail mode's answer (None: not limited)."""
+    mode = settings.RATE_LIMIT_FAIL_MODE
+    if mode == "open" and not any(limit.klass == "auth" for limit in limits):
+        return None
+    if mode == "closed":
+        raise LimitsUnavailable()
+    return _local.decide(limits)
+
+
+def _finish(decision: Decision | None) -> Decision | None:
+    if decision is not None and decision.refused_by is not None:
+        REFUSED.labels(decision.refused_by.klass, decision.refused_by.scope).inc()
+        raise RateLimited(decision)
+    return decision
+
+
+class _SyncRedis:
+    """The synchronous planes' client: after a failure, Redis is skipped for a few seconds instead
+    of every request waiting on its timeout."""
+
+    def __init__(self):
+        self.client = None
+        self.script = None
+        self.down_until = 0.0
+
+    def get(self):
+        if not settings.REDIS_URL or time.monotonic() < self.down_until:
+            return None
+        if self.client is None:
+            import redis
+
+            self.client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.25, socket_connect_timeout=0.25)
+            self.script = self.client.register_script(GCRA)
+        return self.client
+
+    def failed(self):
+        self.down_until = time.monotonic() + 5.0
+
+
+_sync = _SyncRedis()
+
+
+def redis_down() -> bool:
+    """Whether the limits are on their fallback (readiness says so)."""
+    return bool(settings.REDIS_URL) and time.monotonic() < _sync.down_until
+
+
+def check(limits: list[Limit]) -> Decision | None:
+    """Decide, synchronously; raises RateLimited (or LimitsUnavailable, failing closed)."""
+    if not limits:
+        return None
+    client = _sync.get()
+    if client is None:
+        return _finish(_fallback(limits))
+    try:
+        reply = _sync.script(keys=[limit.key for limit in limits], args=_arguments(limits), client=client)
+    except Exception as exc:  # any Redis failure: the fail mode decides
+        log.warning("rate limits: redis unavailable (%s)", type(exc).__name__)
+        _sync.failed()
+        return _finish(_fallback(limits))
+    return _finish(_decision(limits, reply))
+
+
+async def check_async(limits: list[Limit], redis) -> Decision | None:
+    """check() on an event loop; `redis` an agentapi.resilience.SharedRedis or None."""
+    if not limits:
+        return None
+    if redis is None or not redis.available:
+        return _finish(_fallback(limits))
+    keys, args = [limit.key for limit in limits], _arguments(limits)
+    reply = await redis.run(lambda client: client.eval(GCRA, len(keys), *keys, *args))
+    if reply is None:
+        return _finish(_fallback(limits))
+    return _finish(_decision(limits, reply))
+
+
+def headers(decision: Decision | None) -> dict[str, str]:
+    """The IETF fields (draft-ietf-httpapi-ratelimit-headers): every policy that applied, and
+    what remains of each (the one closest to refusing first)."""
+    if decision is None or not decision.limits:
+        return {}
+    policy = ", ".join(f'"{limit.policy}";q={limit.count};w={limit.period}' for limit in decision.limits)
+    order = sorted(range(len(decision.limits)), key=lambda i: decision.remaining[i])
+    current = ", ".join(
+        f'"{decision.limits[i].policy}";r={decision.remaining[i]};t={math.ceil(decision.reset[i])}' for i in order
+    )
+    return {"RateLimit-Policy": policy, "RateLimit": current}

@@ -1,0 +1,166 @@
+"""Rate limits (agentapi.ratelimit, tenants.ratelimits) on real Redis and PostgreSQL: GCRA in one
+Lua script on Redis's clock, per credential and per organization, 429 `rate_limited` naming the
+limit with Retry-After and the IETF RateLimit fields, an organization's own rates, the data plane's
+tool calls, the fail modes when Redis is unreachable, and one limit shared by two web processes."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import redis
+from django.conf import settings as django_settings
+
+from agentapi import ratelimit
+from tenants import scoping
+from tenants.models import Organization
+from tests.conftest import committed, error_of
+from tests.mcp.conftest import http_server, mcp_settings  # noqa: F401 (fixtures)
+
+ME = "/api/v1/me/"
+
+
+@pytest.fixture(autouse=True)
+def clean_counters():
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    for key in client.scan_iter("agentapi:rl:*"):
+        client.delete(key)
+    ratelimit._sync.down_until = 0.0
+    ratelimit._local.tats.clear()
+    yield
+
+
+@pytest.fixture
+def limits(settings):
+    def set_limits(**classes):
+        settings.RATE_LIMITS = {**django_settings.RATE_LIMITS, **classes}
+
+    return set_limits
+
+
+def test_gcra_admits_the_burst_then_refuses_and_a_refusal_spends_nothing_of_the_other_limits(settings):
+    tight = ratelimit.Limit("read", "credential", "k1", 3, 3600)
+    loose = ratelimit.Limit("read", "organization", "o1", 10, 3600)
+    remaining = []
+    for _ in range(3):
+        decision = ratelimit.check([tight, loose])
+        remaining.append(decision.remaining)
+    assert remaining == [[2, 9], [1, 8], [0, 7]]
+    with pytest.raises(ratelimit.RateLimited) as refused:
+        ratelimit.check([tight, loose])
+    assert refused.value.decision.refused_by == tight and 1190 < refused.value.wait <= 1201  # one every 20 minutes
+    # The refusal spent nothing: the organization's limit still has 7 left.
+    assert ratelimit.check([loose]).remaining == [6]
+    headers = ratelimit.headers(ratelimit.check([loose]))
+    assert headers["RateLimit-Policy"] == '"read-organization";q=10;w=3600'
+    assert headers["RateLimit"] == '"read-organization";r=5;t=1800'  # 5 of 10 spent: whole in 30 minutes
+
+
+def test_the_management_api_answers_429_naming_the_limit_with_its_fields(alice_api, limits):
+    limits(read={"credential": "3/hour", "organization": "100/hour"})
+    answers = [alice_api.get(ME) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[0]["RateLimit-Policy"] == '"read-credential";q=3;w=3600, "read-organization";q=100;w=3600'
+    assert answers[0]["RateLimit"].startswith('"read-credential";r=2;t=')
+    refused = answers[3]
+    assert error_of(refused)["code"] == "rate_limited" and "3/hour" in error_of(refused)["message"]
+    assert error_of(refused)["details"] == {"limit": "read-credential", "rate": "3/hour"}
+    assert int(refused["Retry-After"]) > 1000 and refused["RateLimit"].startswith('"read-credential";r=0;')
+    # Writes are another class: not spent by reads.
+    assert alice_api.post("/api/v1/api-keys/", {"name": "another"}).status_code == 201
+
+
+def test_an_organizations_own_rates_apply_and_are_checked(alice_api, bob_api, acme, operator_api):
+    changed = operator_api.patch(f"/api/v1/organizations/{acme.pk}/",
+                                 {"settings": {"rate_limits": {"read": {"organization": "3/hour"}}}})  # fmt: skip
+    assert changed.status_code == 200, changed.content
+    # Two members, one organization: its limit is shared.
+    answers = [alice_api.get(ME).status_code, bob_api.get(ME).status_code, alice_api.get(ME).status_code,
+               bob_api.get(ME).status_code]  # fmt: skip
+    assert answers == [200, 200, 200, 429]
+    for bad in ({"read": {"credential": "many"}}, {"reads": {}}, {"read": {"galaxy": "1/hour"}}, ["1/hour"],
+                {"read": {"credential": "0/hour"}}, {"read": {"credential": "5/fortnight"}}):  # fmt: skip
+        refused = operator_api.patch(f"/api/v1/organizations/{acme.pk}/", {"settings": {"rate_limits": bad}})
+        assert refused.status_code == 400, (bad, refused.content)
+    acme.refresh_from_db()
+    assert acme.settings["rate_limits"] == {"read": {"organization": "3/hour"}}
+
+
+@committed
+def test_data_plane_tool_calls_are_limited_as_mcp_requests(alice_api, http_server, limits, mcp_settings):  # noqa: F811
+    from tests.mcp.conftest import configure
+
+    configuration = configure(alice_api, url=http_server.url)
+    limits(mcp={"credential": "2/hour"})
+    path = f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/"
+    before = http_server.stats().get("tools/call", 0)
+    answers = [alice_api.post(path, {"name": "echo", "arguments": {"text": "x"}}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[0]["RateLimit-Policy"] == '"mcp-credential";q=2;w=3600'
+    assert error_of(answers[2])["details"]["limit"] == "mcp-credential" and answers[2]["Retry-After"]
+    assert http_server.stats().get("tools/call", 0) - before == 2  # the refused call never reached the server
+
+
+@pytest.mark.parametrize("mode, expected", [("local", [200, 200, 429]), ("open", [200, 200, 200, 200]),
+                                            ("closed", [503])])  # fmt: skip
+def test_with_redis_unreachable_the_fail_mode_decides(alice_api, limits, settings, mode, expected):
+    limits(read={"credential": "4/hour"})
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    settings.RATE_LIMIT_FAIL_MODE = mode
+    settings.RATE_LIMIT_EXPECTED_PROCESSES = 2  # local: each process at half the limit
+    ratelimit._sync.client = None
+    try:
+        answers = [alice_api.get(ME) for _ in expected]
+    finally:
+        ratelimit._sync.client = None
+    assert [a.status_code for a in answers] == expected
+    if mode == "closed":
+        assert error_of(answers[0])["code"] == "rate_limits_unavailable" and answers[0]["Retry-After"]
+
+
+def test_auth_limits_never_fail_open(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+    settings.RATE_LIMIT_FAIL_MODE = "open"
+    settings.RATE_LIMIT_EXPECTED_PROCESSES = 1
+    ratelimit._sync.client = None
+    try:
+        limit = ratelimit.Limit("auth", "address", "192.0.2.1", 2, 60)
+        ratelimit.check([limit])
+        ratelimit.check([limit])
+        with pytest.raises(ratelimit.RateLimited):
+            ratelimit.check([limit])
+    finally:
+        ratelimit._sync.client = None
+
+
+@committed
+def test_two_web_processes_share_one_limit_within_one_percent(alice_api, acme):
+    from tests.sessions.test_mcp_endpoint import start_web
+
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        Organization.objects.filter(pk=acme.pk).update(
+            settings={"rate_limits": {"read": {"credential": "300/hour", "organization": "100000/hour"}}}
+        )
+    started = [start_web(), start_web()]
+    try:
+        bases = [base for _, base in started]
+        auth = {"Authorization": alice_api.headers["Authorization"]}
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def burst(base: str) -> None:
+            with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
+                for _ in range(150):
+                    code = client.get(ME).status_code
+                    with lock:
+                        statuses.append(code)
+
+        with ThreadPoolExecutor(6) as pool:  # three times the limit, as fast as both processes answer
+            list(pool.map(burst, bases * 3))
+    finally:
+        for process, _ in started:
+            process.kill()
+            process.wait(10)
+    admitted = statuses.count(200)
+    assert len(statuses) == 900 and set(statuses) <= {200, 429}, sorted(set(statuses))
+    assert 297 <= admitted <= 303, admitted  # within 1% of 300 (and of the second or two it took)
