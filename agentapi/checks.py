@@ -28,3 +28,17 @@ def check_jwt_algorithms(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_rate_limits(app_configs, **kwargs):
+    from agentapi import ratelimit
+
+    try:
+        ratelimit.check_overrides(settings.RATE_LIMITS)
+    except ValueError as exc:
+        return [Error(f"RATE_LIMITS: {exc}", id="agentapi.E010")]
+    unknown = sorted(set(settings.RATE_LIMIT_ROUTE_CLASSES.values()) - set(ratelimit.CLASSES))
+    if unknown:
+        return [Error(f"RATE_LIMIT_ROUTE_CLASSES names unknown classes: {', '.join(unknown)}.", id="agentapi.E011")]
+    return []

@@ -135,12 +135,19 @@ def check_overrides(value) -> dict:
 def limits_for(klass: str, subjects: dict[str, str], overrides: dict | None = None) -> list[Limit]:
     """The limits of a class for the given subjects ({"credential": "key:12", "organization": "3"}),
     the organization's own rates over the defaults."""
-    rates = {**settings.RATE_LIMITS.get(klass, {}), **((overrides or {}).get(klass) or {})}
+    defaults = settings.RATE_LIMITS.get(klass, {})  # checked at start-up (agentapi.checks)
+    own = (overrides or {}).get(klass) or {}
     found = []
     for scope, subject in subjects.items():
-        rate = rates.get(scope)
-        if rate and subject:
-            count, period = parse(rate)
+        rate = own.get(scope) if isinstance(own, dict) else None
+        try:
+            count, period = parse(rate) if rate is not None else parse(defaults[scope])
+        except ValueError:  # an organization's stored rate that no longer parses: the default holds
+            log.warning("rate limits: ignoring an invalid rate %r for %s.%s", str(rate)[:50], klass, scope)
+            count, period = parse(defaults[scope])
+        except KeyError:
+            continue  # no limit of this scope for this class
+        if subject:
             found.append(Limit(klass, scope, str(subject), count, period))
     return found
 

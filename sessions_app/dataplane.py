@@ -36,7 +36,7 @@ from sessions_app import liveness, naming, tools, workspaces
 from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
 from tenants import ratelimits, scoping, security
-from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async
+from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async, principal_scope
 
 log = logging.getLogger(__name__)
 
@@ -477,10 +477,13 @@ async def message_send(request, session_id: str) -> dict:
         statements = [(_why_statement(), [pk])]
         if error is None:
             statements.insert(0, (_send_statement(), [pk, run_id, now, content, now, now, message_event, status_event]))
+        # Authenticated first, then the caller's `agent` limits, and only then the message stored:
+        # a refused message is never kept (one round trip more than storing it with the
+        # authentication, which a message, unlike a tool call, can afford).
+        principal, _ = await bearer_authenticate_async(request.headers.get("authorization", ""), request.query)
+        await ratelimits.enforce_async("agent", principal)
         try:
-            principal, (*stored, why) = await bearer_authenticate_async(
-                request.headers.get("authorization", ""), request.query, also=statements
-            )
+            *stored, why = await aio.run(principal_scope(principal), statements)
         except psycopg.errors.UniqueViolation:
             raise APIError(
                 "session_busy", "The agent is still answering: wait for it, or cancel its run.", status=409

@@ -50,7 +50,7 @@ from audit.recorders import deferred_security_events_async
 from sessions_app import dataplane, naming, tools
 from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
-from tenants import scoping
+from tenants import ratelimits, scoping
 from tenants.authentication import (
     QUERY_CREDENTIAL_NAMES,
     Unauthenticated,
@@ -85,7 +85,7 @@ def _native() -> bool:
 
 
 def _apierror_to_mcp(exc: APIError | exceptions.APIException) -> MCPError:
-    code = getattr(exc, "error_code", "error")
+    code = getattr(exc, "error_code", None) or ("rate_limited" if exc.status_code == 429 else "error")
     invalid = exc.status_code in (400, 404, 422)
     return MCPError(types.INVALID_PARAMS if invalid else types.INTERNAL_ERROR, f"{code}: {exc.detail}")
 
@@ -126,6 +126,7 @@ def _as_mcp(tool: dict) -> types.Tool:
 async def _call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
     found = _found()
     try:
+        await ratelimits.enforce_async("mcp", found.principal)
         if _native():
             result = await dataplane.call_tool(found, params.name, params.arguments or {})
         else:
@@ -133,8 +134,9 @@ async def _call_tool(ctx, params: types.CallToolRequestParams) -> types.CallTool
     except (APIError, exceptions.APIException) as exc:
         if exc.status_code == 404:
             raise _apierror_to_mcp(exc) from None
-        # The platform refused or the server failed: a tool error the agent can read and act on.
-        code = getattr(exc, "error_code", "error")
+        # The platform refused (a rate limit, say) or the server failed: a tool error the agent
+        # can read and act on.
+        code = getattr(exc, "error_code", None) or ("rate_limited" if exc.status_code == 429 else "error")
         return types.CallToolResult(content=[types.TextContent(text=f"{code}: {exc.detail}")], is_error=True)
     return types.CallToolResult.model_validate(
         {"content": result["content"], "structuredContent": result["structured_content"], "isError": result["is_error"]}
@@ -153,6 +155,7 @@ async def _list_resources(ctx, params) -> types.ListResourcesResult:
 async def _read_resource(ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
     found = _found()
     try:
+        await ratelimits.enforce_async("mcp", found.principal)
         if _native():
             result = await dataplane.read_resource(found, str(params.uri))
         else:
@@ -175,6 +178,7 @@ async def _get_prompt(ctx, params: types.GetPromptRequestParams) -> types.GetPro
     found = _found()
     arguments = dict(params.arguments or {})
     try:
+        await ratelimits.enforce_async("mcp", found.principal)
         if _native():
             result = await dataplane.get_prompt(found, params.name, arguments)
         else:

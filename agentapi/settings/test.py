@@ -8,5 +8,5 @@ CELERY_TASK_ALWAYS_EAGER = False
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 # Generous limits: the suite's organizations and keys recur (ids restart) while Redis keeps its
 # counters; the rate-limit tests set their own.
-RATE_LIMITS = {klass: {scope: f"{int(rate.split('/')[0]) * 1000}/{rate.split('/')[1]}" for scope, rate in scopes.items()}
+RATE_LIMITS = {klass: {scope: f"{int(rate.split('/')[0]) * 100}/{rate.split('/')[1]}" for scope, rate in scopes.items()}
                for klass, scopes in RATE_LIMITS.items()}  # noqa: F405  # fmt: skip

@@ -101,6 +101,45 @@ def test_data_plane_tool_calls_are_limited_as_mcp_requests(alice_api, http_serve
     assert http_server.stats().get("tools/call", 0) - before == 2  # the refused call never reached the server
 
 
+@committed
+def test_a_message_over_the_agent_limit_is_refused_and_not_stored(alice_api, acme, limits, mcp_settings):  # noqa: F811
+    from sessions_app.models import AgentMessage
+
+    backend = alice_api.post("/api/v1/agents/", {"name": "limited", "kind": "openai", "model": "m",
+                                                 "base_url": "http://127.0.0.1:9/v1"}).json()  # fmt: skip
+    session = alice_api.post("/api/v1/sessions/", {"agent": backend["id"]}).json()
+    limits(agent={"credential": "1/hour"})
+    path = f"/api/v1/sessions/{session['id']}/messages/"
+    first, second = alice_api.post(path, {"content": "one"}), alice_api.post(path, {"content": "two"})
+    assert (first.status_code, second.status_code) == (202, 429), second.content
+    assert first["RateLimit-Policy"].startswith('"agent-credential";q=1;w=3600')
+    assert error_of(second)["details"]["limit"] == "agent-credential"
+    with scoping.organization_scope(acme):
+        assert list(AgentMessage.objects.values_list("content", flat=True)) == ["one"]
+
+
+@committed
+def test_the_session_mcp_endpoints_tool_calls_count_as_mcp_requests(alice_api, http_server, limits, mcp_settings):  # noqa: F811
+    import json
+
+    from tests.mcp.conftest import configure
+
+    configuration = configure(alice_api, name="tests", url=http_server.url)
+    session = alice_api.post("/api/v1/sessions/", {"mcp_configurations": [configuration["id"]]}).json()
+    limits(mcp={"credential": "1/hour"})
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    results = []
+    for i in range(2):
+        body = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": "tests__echo", "arguments": {"text": "hi"}}}  # fmt: skip
+        answer = alice_api.post(f"/mcp/sessions/{session['id']}/", body, **headers)
+        assert answer.status_code == 200, answer.content
+        text = answer.content.decode()
+        results.append(json.loads(text[text.index("{") :].split("\n")[0])["result"])
+    assert results[0]["isError"] is False and results[0]["content"][0]["text"] == "hi"
+    assert results[1]["isError"] is True and results[1]["content"][0]["text"].startswith("rate_limited: ")
+
+
 @pytest.mark.parametrize("mode, expected", [("local", [200, 200, 429]), ("open", [200, 200, 200, 200]),
                                             ("closed", [503])])  # fmt: skip
 def test_with_redis_unreachable_the_fail_mode_decides(alice_api, limits, settings, mode, expected):
