@@ -15,6 +15,8 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.http import JsonResponse
 
+from agentapi import ratelimit
+
 
 @transaction.non_atomic_requests
 def live(request):
@@ -75,4 +77,8 @@ def ready(request):
             results[name]["note"] = note
     required_failed = [name for name in failed if name in settings.READINESS_REQUIRED]
     status = "unavailable" if required_failed else ("degraded" if failed else "ok")
-    return JsonResponse({"status": status, "checks": results}, status=503 if required_failed else 200)
+    # How requests are limited now: shared through Redis, or the fail mode's way without it.
+    redis_failed = "redis" in failed or ratelimit.redis_down()
+    limits = "shared" if settings.REDIS_URL and not redis_failed else settings.RATE_LIMIT_FAIL_MODE
+    body = {"status": status, "checks": results, "rate_limits": limits}
+    return JsonResponse(body, status=503 if required_failed else 200)

@@ -47,6 +47,7 @@ def test_readiness_checks_database_redis_and_broker(client, db):
     body = client.get("/health/ready/").json()
     assert body["status"] == "ok", body
     assert {name for name, check in body["checks"].items() if check["ok"]} == {"database", "redis", "broker"}
+    assert body["rate_limits"] == "shared"
 
 
 def test_readiness_is_degraded_when_redis_is_down_and_503_where_it_is_required(client, db, settings):
@@ -55,6 +56,7 @@ def test_readiness_is_degraded_when_redis_is_down_and_503_where_it_is_required(c
     degraded = client.get("/health/ready/")
     assert degraded.status_code == 200 and degraded.json()["status"] == "degraded"
     assert degraded.json()["checks"]["redis"] == {"ok": False, "error": "ConnectionError"}
+    assert degraded.json()["rate_limits"] == settings.RATE_LIMIT_FAIL_MODE == "local"  # each process alone
     settings.READINESS_REQUIRED = ["database", "redis"]
     response = client.get("/health/ready/")
     assert response.status_code == 503 and response.json()["status"] == "unavailable"
