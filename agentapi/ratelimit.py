@@ -300,6 +300,9 @@ def check(limits: list[Limit]) -> Decision | None:
     return _finish(_decision(limits, reply))
 
 
+_async_scripts: dict[int, tuple] = {}  # each event loop's client, and its registered script
+
+
 async def check_async(limits: list[Limit], redis) -> Decision | None:
     """check() on an event loop; `redis` an agentapi.resilience.SharedRedis or None."""
     if not limits:
@@ -307,7 +310,11 @@ async def check_async(limits: list[Limit], redis) -> Decision | None:
     if redis is None or not redis.available:
         return _finish(_fallback(limits))
     keys, args = [limit.key for limit in limits], _arguments(limits)
-    reply = await redis.run(lambda client: client.eval(GCRA, len(keys), *keys, *args))
+    script = _async_scripts.get(id(redis.client))
+    if script is None or script[0] is not redis.client:
+        script = _async_scripts[id(redis.client)] = (redis.client, redis.client.register_script(GCRA))
+    # EVALSHA (the script by its digest), loaded again by redis-py if Redis has forgotten it.
+    reply = await redis.run(lambda client: script[1](keys=keys, args=args, client=client))
     if reply is None:
         return _finish(_fallback(limits))
     return _finish(_decision(limits, reply))

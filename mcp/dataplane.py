@@ -182,8 +182,13 @@ async def _handle(request, pk: str, serializer_class, perform) -> dict:
     async with deferred_security_events_async():
         data, error = _body(request)
         name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
-        principal, configuration, withheld = await authenticate_and_find(request, pk, name)
-        await ratelimits.enforce_async("mcp", principal)
+        speculation = ratelimits.speculate("mcp", request.headers.get("authorization", ""))
+        try:
+            principal, configuration, withheld = await authenticate_and_find(request, pk, name)
+        except BaseException:
+            speculation.drop()
+            raise
+        await ratelimits.enforce_async("mcp", principal, speculation)
         with scoping.organization_scope(principal.organization, actor=principal.actor):
             request_context.annotate(user=str(principal.membership.user_id))
             validated = _valid(serializer_class, data, error)

@@ -8,6 +8,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods
 
+from agentapi import ratelimit
+from agentapi.middleware import client_ip
 from oauth import services
 from oauth.models import Kind, OAuthProvider, OAuthToken
 from tenants import scoping
@@ -26,6 +28,23 @@ def _keeps_opener(response):
 @transaction.non_atomic_requests  # the exchange waits on the provider; writes have their own transactions
 def callback(request):
     state = request.GET.get("state", "")[:200]
+    try:
+        # The `auth` class's limit per address: a browser comes back once per connection made.
+        ratelimit.check(ratelimit.limits_for("auth", {"address": client_ip(request) or "unknown"}))
+    except ratelimit.RateLimited as refused:
+        context = {"ok": False, "code": "rate_limited", "message": str(refused.detail), "provider": None,
+                   "result": {"ok": False, "code": "rate_limited"}}  # fmt: skip
+        response = render(request, "oauth/callback.html", context, status=429)
+        response["Retry-After"] = str(int(refused.wait))
+        for name, value in ratelimit.headers(refused.decision).items():
+            response[name] = value
+        return _keeps_opener(response)
+    except ratelimit.LimitsUnavailable as unavailable:
+        context = {"ok": False, "code": "rate_limits_unavailable", "message": str(unavailable.detail),
+                   "provider": None, "result": {"ok": False, "code": "rate_limits_unavailable"}}  # fmt: skip
+        response = render(request, "oauth/callback.html", context, status=503)
+        response["Retry-After"] = str(unavailable.wait)
+        return _keeps_opener(response)
     try:
         token = services.authorization_complete(
             state=state, code=request.GET.get("code", "")[:2000], error=request.GET.get("error", "")[:200]

@@ -326,8 +326,13 @@ async def _handle(request, session_id: str, serializer_class, prefix_of, perform
         data, error = mcp_dataplane._body(request)
         named = data.get(serializer_class.routing_field) if isinstance(data, dict) else None
         prefix, tool = prefix_of(named if isinstance(named, str) else "")
-        found = await authenticate_and_find(request, session_id, prefix=prefix, tool=tool)
-        await ratelimits.enforce_async("mcp", found.principal)
+        speculation = ratelimits.speculate("mcp", request.headers.get("authorization", ""))
+        try:
+            found = await authenticate_and_find(request, session_id, prefix=prefix, tool=tool)
+        except BaseException:
+            speculation.drop()
+            raise
+        await ratelimits.enforce_async("mcp", found.principal, speculation)
         with scoping.organization_scope(found.principal.organization, actor=found.principal.actor):
             request_context.annotate(user=str(found.principal.membership.user_id), session=str(found.session.pk))
             validated = mcp_dataplane._valid(serializer_class, data, error)

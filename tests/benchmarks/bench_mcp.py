@@ -48,7 +48,7 @@ os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 # One master key for this process and the platform's (the benchmark writes rows they both read).
 os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "v1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
-from tests.benchmarks.bench_api import cpu_between, cpu_seconds, free_port  # noqa: E402
+from tests.benchmarks.bench_api import BENCH_SETTINGS, cpu_between, cpu_seconds, free_port  # noqa: E402
 
 SEQUENTIAL = int(os.environ.get("BENCH_CALLS", "400"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
@@ -61,7 +61,9 @@ def prepare(url: str) -> tuple[str, int, int]:
     from mcp import services as mcp_services
     from tenants import scoping, services
 
-    organization = services.organization_create(slug=f"bench-mcp-{secrets.token_hex(3)}", name="Bench")
+    organization = services.organization_create(
+        slug=f"bench-mcp-{secrets.token_hex(3)}", name="Bench", settings=BENCH_SETTINGS
+    )
     with scoping.organization_scope(organization):
         owner = services.membership_create(organization=organization, email=f"{organization.slug}@b.test", role="owner")
         _, key = services.api_key_create(membership=owner, name="bench")

@@ -40,8 +40,11 @@ def main():
     from oauth.models import OAuthProvider, OAuthToken
     from tenants import scoping, secrets
     from tenants import services as tenant_services
+    from tests.benchmarks.bench_api import BENCH_SETTINGS
 
-    organization = tenant_services.organization_create(slug=f"bench-oauth-{os.getpid()}", name="Bench")
+    organization = tenant_services.organization_create(
+        slug=f"bench-oauth-{os.getpid()}", name="Bench", settings=BENCH_SETTINGS
+    )
     with scoping.organization_scope(organization):
         member = tenant_services.membership_create(
             organization=organization, email=f"{organization.slug}@b.test", role="owner"

@@ -38,6 +38,7 @@ os.environ.setdefault("FASTMCP_SHOW_SERVER_BANNER", "false")
 os.environ.setdefault("FASTMCP_CHECK_FOR_UPDATES", "off")
 os.environ.setdefault("FIELD_ENCRYPTION_KEYS", "v1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
+from tests.benchmarks.bench_api import BENCH_SETTINGS  # noqa: E402
 from tests.benchmarks.bench_mcp import percentile, serve  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "400"))
@@ -53,7 +54,9 @@ def prepare(url: str) -> dict:
     from tenants import scoping, services
     from tenants.authentication import api_key_authenticate
 
-    organization = services.organization_create(slug=f"bench-sessions-{secrets.token_hex(3)}", name="Bench")
+    organization = services.organization_create(
+        slug=f"bench-sessions-{secrets.token_hex(3)}", name="Bench", settings=BENCH_SETTINGS
+    )
     with scoping.organization_scope(organization):
         owner = services.membership_create(organization=organization, email=f"{organization.slug}@b.test", role="owner")
         _, key = services.api_key_create(membership=owner, name="bench")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (pytest fixtures imported from tests.mcp.conftest, named as parameters)
 """Rate limits (agentapi.ratelimit, tenants.ratelimits) on real Redis and PostgreSQL: GCRA in one
 Lua script on Redis's clock, per credential and per organization, 429 `rate_limited` naming the
 limit with Retry-After and the IETF RateLimit fields, an organization's own rates, the data plane's
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import redis
 from django.conf import settings as django_settings
+from django.utils import timezone
 
 from agentapi import ratelimit
 from tenants import scoping
@@ -28,6 +30,7 @@ def clean_counters():
     ratelimit._sync.down_until = 0.0
     ratelimit._local.tats.clear()
     yield
+    ratelimit._sync.client, ratelimit._sync.down_until = None, 0.0  # nothing of a dead Redis outlives the test
 
 
 @pytest.fixture
@@ -87,7 +90,7 @@ def test_an_organizations_own_rates_apply_and_are_checked(alice_api, bob_api, ac
 
 
 @committed
-def test_data_plane_tool_calls_are_limited_as_mcp_requests(alice_api, http_server, limits, mcp_settings):  # noqa: F811
+def test_data_plane_tool_calls_are_limited_as_mcp_requests(alice_api, http_server, limits, mcp_settings):
     from tests.mcp.conftest import configure
 
     configuration = configure(alice_api, url=http_server.url)
@@ -102,7 +105,33 @@ def test_data_plane_tool_calls_are_limited_as_mcp_requests(alice_api, http_serve
 
 
 @committed
-def test_a_message_over_the_agent_limit_is_refused_and_not_stored(alice_api, acme, limits, mcp_settings):  # noqa: F811
+def test_the_data_planes_early_limit_check_never_outranks_authentication_or_new_rates(
+    alice, alice_api, acme, http_server, limits, mcp_settings, operator_api
+):
+    """The data plane starts a known credential's Redis round trip while its database round trip
+    authenticates it (tenants.ratelimits.speculate): a revoked key is still 401, and rates changed
+    meanwhile are the ones applied."""
+    from tenants.models import APIKey
+    from tests.mcp.conftest import configure
+
+    configuration = configure(alice_api, url=http_server.url)
+    path = f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/"
+    body = {"name": "echo", "arguments": {"text": "x"}}
+    limits(mcp={"credential": "5/hour"})
+    assert [alice_api.post(path, body).status_code for _ in range(2)] == [200, 200]
+    changed = operator_api.patch(f"/api/v1/organizations/{acme.pk}/",
+                                 {"settings": {"rate_limits": {"mcp": {"credential": "2/hour"}}}})  # fmt: skip
+    assert changed.status_code == 200
+    refused = alice_api.post(path, body)
+    assert refused.status_code == 429 and refused["RateLimit-Policy"].startswith('"mcp-credential";q=2;w=3600')
+    token = alice_api.headers["Authorization"].removeprefix("Bearer ")
+    with scoping.organization_scope(acme):
+        assert APIKey.objects.filter(prefix=token[:16]).update(revoked_at=timezone.now()) == 1
+    assert alice_api.post(path, body).status_code == 401
+
+
+@committed
+def test_a_message_over_the_agent_limit_is_refused_and_not_stored(alice_api, acme, limits, mcp_settings):
     from sessions_app.models import AgentMessage
 
     backend = alice_api.post("/api/v1/agents/", {"name": "limited", "kind": "openai", "model": "m",
@@ -119,7 +148,7 @@ def test_a_message_over_the_agent_limit_is_refused_and_not_stored(alice_api, acm
 
 
 @committed
-def test_the_session_mcp_endpoints_tool_calls_count_as_mcp_requests(alice_api, http_server, limits, mcp_settings):  # noqa: F811
+def test_the_session_mcp_endpoints_tool_calls_count_as_mcp_requests(alice_api, http_server, limits, mcp_settings):
     import json
 
     from tests.mcp.conftest import configure
@@ -138,6 +167,14 @@ def test_the_session_mcp_endpoints_tool_calls_count_as_mcp_requests(alice_api, h
         results.append(json.loads(text[text.index("{") :].split("\n")[0])["result"])
     assert results[0]["isError"] is False and results[0]["content"][0]["text"] == "hi"
     assert results[1]["isError"] is True and results[1]["content"][0]["text"].startswith("rate_limited: ")
+
+
+def test_the_oauth_callback_is_limited_per_address(client, limits, db):
+    limits(auth={"address": "2/hour"})
+    answers = [client.get("/oauth/callback/", {"state": "forged", "code": "x"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [400, 400, 429]
+    assert answers[2]["Retry-After"] and answers[2]["RateLimit-Policy"] == '"auth-address";q=2;w=3600'
+    assert "Rate limit exceeded" in answers[2].content.decode()
 
 
 @pytest.mark.parametrize("mode, expected", [("local", [200, 200, 429]), ("open", [200, 200, 200, 200]),
