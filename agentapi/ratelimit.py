@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 from prometheus_client import Counter
@@ -230,7 +230,10 @@ class _Local:
                     tat -= interval
                 remaining.append(max(0, math.floor((now + tau - tat) / interval)))
                 reset.append(max(0.0, tat - now))
-        return Decision(limits, refused, wait, remaining, reset)
+        # The fields say what this process enforces: each limit's share.
+        shares = [replace(limit, count=max(1, limit.count // share)) for limit in limits]
+        refused_share = shares[limits.index(refused)] if refused is not None else None
+        return Decision(shares, refused_share, wait, remaining, reset)
 
 
 _local = _Local()

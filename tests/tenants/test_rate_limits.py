@@ -190,6 +190,8 @@ def test_with_redis_unreachable_the_fail_mode_decides(alice_api, limits, setting
     finally:
         ratelimit._sync.client = None
     assert [a.status_code for a in answers] == expected
+    if mode == "local":  # the fields say what this process enforces: its share
+        assert answers[0]["RateLimit-Policy"].startswith('"read-credential";q=2;w=3600')
     if mode == "closed":
         assert error_of(answers[0])["code"] == "rate_limits_unavailable" and answers[0]["Retry-After"]
 
