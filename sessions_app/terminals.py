@@ -54,7 +54,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from agentapi.resilience import SharedRedis
 from audit.services import audit_record
 from mcp import stdio
 from sessions_app import workspaces
@@ -95,7 +94,6 @@ class Terminal:
 # This process's terminals, and the task that keeps them (both on the MCP pool's loop).
 _terminals: dict[str, Terminal] = {}
 _keeper: asyncio.Task | None = None
-_redis: tuple | None = None  # (loop, SharedRedis)
 
 
 def _key(session_id) -> str:
@@ -104,16 +102,6 @@ def _key(session_id) -> str:
 
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _shared_redis() -> SharedRedis | None:
-    global _redis
-    if not settings.REDIS_URL:
-        return None
-    loop = asyncio.get_running_loop()
-    if _redis is None or _redis[0] is not loop:
-        _redis = (loop, SharedRedis(settings.REDIS_URL))
-    return _redis[1]
 
 
 # Claim the record if it is absent or already ours; renew it if ours (returning its last use);
@@ -139,7 +127,9 @@ return 0
 
 async def _registry(operation):
     """operation(client) on Redis; None when there is none or it fails (the owner acts alone)."""
-    shared = _shared_redis()
+    from mcp import pool
+
+    shared = pool.shared_redis()  # terminals are kept on the pool's loop: its client serves them
     return None if shared is None else await shared.run(operation)
 
 
