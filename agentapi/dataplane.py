@@ -66,11 +66,12 @@ class Request:
 
 
 class Answer(dict):
-    """A handler's body answered with a status other than 200 (a 202, say)."""
+    """A handler's body answered with a status other than 200 (a 202, say), or headers of its own."""
 
-    def __init__(self, status: int, body: dict):
+    def __init__(self, status: int, body: dict, headers: dict[str, str] | None = None):
         super().__init__(body)
         self.status = status
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,7 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
             body=body,
         )
         answer = await _handler(route.handler)(request, **kwargs)
-        return getattr(answer, "status", 200), answer, {}
+        return getattr(answer, "status", 200), answer, getattr(answer, "headers", {})
     except exceptions.APIException as exc:
         return errors.api_error_parts(exc, challenge=CHALLENGE)
     except Exception:

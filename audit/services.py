@@ -123,13 +123,14 @@ def audit_record(action: str, **kwargs) -> AuditEvent:
     return event
 
 
-async def audit_record_async(action: str, **kwargs) -> None:
+async def audit_record_async(action: str, *, also: list | None = None, **kwargs) -> None:
     """audit_record for the data plane: the same event, one INSERT through agentapi.db.aio,
-    committed when this returns."""
+    committed when this returns. `also`: statements of the change it records, run in the same
+    transaction (in the event's organization's scope)."""
     fields = audit_event_fields(action, **kwargs)
     fields["prev_hash"] = ""
     statement = _insert_statement(tuple(fields))
-    await aio.run(event_scope(fields["organization_id"]), [(statement, list(fields.values()))])
+    await aio.run(event_scope(fields["organization_id"]), [(statement, list(fields.values())), *(also or [])])
 
 
 @functools.cache

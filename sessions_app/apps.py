@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class SessionsConfig(AppConfig):
     name = "sessions_app"
+
+    def ready(self):
+        from tenants import idempotency
+
+        idempotency.REBUILDERS["sessions_app.agentrun"] = "sessions_app.dataplane.rebuild_answer"

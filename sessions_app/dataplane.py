@@ -35,7 +35,7 @@ from mcp.models import MCPConfiguration, PinStatus, ToolPin
 from sessions_app import liveness, naming, tools, workspaces
 from sessions_app.models import AgentSession, SessionServer
 from sessions_app.services import SESSION_TOKEN_PREFIX, hash_session_token
-from tenants import ratelimits, scoping, security
+from tenants import idempotency, ratelimits, scoping, security
 from tenants.authentication import Principal, SecretCredential, bearer_authenticate_async, principal_scope
 
 log = logging.getLogger(__name__)
@@ -393,8 +393,11 @@ async def prompt_get(request, session_id: str) -> dict:
 
 
 @cache
-def _send_statement() -> aio.Statement:
+def _send_statement(keyed: bool = False) -> aio.Statement:
+    """`keyed`: the request's Idempotency-Key is claimed too (tenants.idempotency), and nothing is
+    stored when another request holds it."""
     from sessions_app.models import AgentBackend, AgentEvent, AgentMessage, AgentRun
+    from tenants.models import IdempotencyRecord
 
     in_scope = "NULLIF(current_setting('app.{}', true), '')::bigint"
     sessions, backends = AgentSession._meta.db_table, AgentBackend._meta.db_table
@@ -411,8 +414,10 @@ def _send_statement() -> aio.Statement:
         f"WHERE s.id = %s AND s.organization_id = {in_scope.format('organization_ids')} "
         f"AND s.user_id = {in_scope.format('user_id')} AND s.status = 'active' "
         "AND s.expires_at > now() AND s.ends_at > now()), "
-        f'r AS (INSERT INTO "{AgentRun._meta.db_table}" ({run_columns}) '
-        "SELECT %s, s.organization_id, s.id, s.agent_id, 'running', 0, 0, 0, 0, %s FROM s RETURNING id), "
+        + (_claim_sql(IdempotencyRecord) if keyed else "")
+        + f'r AS (INSERT INTO "{AgentRun._meta.db_table}" ({run_columns}) '  # noqa: S608
+        f"SELECT %s, s.organization_id, s.id, s.agent_id, 'running', 0, 0, 0, 0, %s FROM s{', k' if keyed else ''} "
+        "RETURNING id), "
         f'm AS (INSERT INTO "{messages}" ({message_columns}) '
         f'SELECT s.organization_id, s.id, r.id, COALESCE((SELECT MAX(x.seq) + 1 FROM "{messages}" x '
         "WHERE x.session_id = s.id), 0), 'user', %s, '[]'::jsonb, '', '', false, %s FROM s, r RETURNING id, seq), "
@@ -420,9 +425,25 @@ def _send_statement() -> aio.Statement:
         "SELECT s.organization_id, s.id, r.id, v.type, CASE WHEN v.n = 1 THEN jsonb_set(v.data, '{message}', "
         "to_jsonb(m.seq)) ELSE v.data END, %s FROM s, r, m, (VALUES (1, 'message_update', %s::jsonb), "
         "(2, 'status_change', %s::jsonb)) v(n, type, data) ORDER BY v.n RETURNING id) "
-        "SELECT s.organization_id, m.id, m.seq, (SELECT max(id) FROM e) FROM s, m"
+        f"SELECT s.organization_id, m.id, m.seq, (SELECT max(id) FROM e), {'(SELECT id FROM k)' if keyed else 'NULL'} "
+        "FROM s, m"
     )
-    return aio.Statement("agentapi_message_send", sql)
+    return aio.Statement("agentapi_message_send" + ("_keyed" if keyed else ""), sql)
+
+
+def _claim_sql(model) -> str:
+    """The key's record claimed for the session found (`s`): inserted, or taken over when expired;
+    `k` is empty when another request holds it (a concurrent one's claim is waited for)."""
+    columns = aio.columns(model, ["organization", "user_id", "key", "method", "path", "fingerprint", "status",
+                                  "response", "resource", "created_at"])  # fmt: skip
+    table = model._meta.db_table
+    return (
+        f'k AS (INSERT INTO "{table}" AS old ({columns}) '  # noqa: S608
+        "SELECT s.organization_id, %s, %s, 'POST', %s, %s, NULL, '', %s, %s FROM s "
+        "ON CONFLICT ON CONSTRAINT tenants_idempotency_unique_key DO UPDATE SET method = EXCLUDED.method, "
+        "path = EXCLUDED.path, fingerprint = EXCLUDED.fingerprint, status = NULL, response = '', "
+        "resource = EXCLUDED.resource, created_at = EXCLUDED.created_at WHERE old.created_at < %s RETURNING id), "
+    )
 
 
 @cache
@@ -479,14 +500,20 @@ async def message_send(request, session_id: str) -> dict:
         run_id, now = uuid.uuid4(), timezone.now()
         message_event = {"message": 0, "role": "user", "content": content, "run": str(run_id), "time": now.isoformat()}
         status_event = {"status": "running", "run": str(run_id)}
-        statements = [(_why_statement(), [pk])]
-        if error is None:
-            statements.insert(0, (_send_statement(), [pk, run_id, now, content, now, now, message_event, status_event]))
         # Authenticated first, then the caller's `agent` limits, and only then the message stored:
         # a refused message is never kept (one round trip more than storing it with the
         # authentication, which a message, unlike a tool call, can afford).
         principal, _ = await bearer_authenticate_async(request.headers.get("authorization", ""), request.query)
         await ratelimits.enforce_async("agent", principal)
+        key = idempotency.key_of(request.headers)
+        statements = [(_why_statement(), [pk])]
+        if error is None:
+            params = [run_id, now, content, now, now, message_event, status_event]
+            if key is not None:
+                fingerprint = idempotency.fingerprint("POST", request.path, data)
+                params = [principal.membership.user_id, key, request.path[:500], fingerprint,
+                          f"{AgentRun._meta.label_lower}:{run_id}", now, idempotency.expired_before(), *params]  # fmt: skip
+            statements.insert(0, (_send_statement(keyed=key is not None), [pk, *params]))
         try:
             *stored, why = await aio.run(principal_scope(principal), statements)
         except psycopg.errors.UniqueViolation:
@@ -500,8 +527,20 @@ async def message_send(request, session_id: str) -> dict:
         if error is not None:
             raise error
         if not stored[0]:
+            if key is not None:
+                first = await in_worker(_first_answer)(principal, key, fingerprint)
+                if first is not None:
+                    return http.Answer(*first, headers={idempotency.REPLAYED: "true"})
             raise _refusal(why)
-        organization_id, message_id, seq, last_event = stored[0][0]
+        organization_id, message_id, seq, last_event, record_id = stored[0][0]
+
+        created = _iso(now)
+        message = {"id": message_id, "seq": seq, "role": "user", "content": content, "tool_calls": [],
+                   "tool_call_id": "", "tool_name": "", "is_error": False, "run": str(run_id), "created_at": created}  # fmt: skip
+        run_body = {"id": str(run_id), "status": RunStatus.RUNNING, "error": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0}, "steps": 0, "tool_calls": 0,
+                    "first_event_ms": None, "created_at": created, "finished_at": None}  # fmt: skip
+        body = {"message": message, "run": run_body}
 
         def queue():
             from sessions_app.tasks import agent_run
@@ -514,23 +553,65 @@ async def message_send(request, session_id: str) -> dict:
             run = AgentRun(pk=run_id, organization_id=organization_id, session_id=pk)
             # The task is queued while the audit record is written: the worker may start meanwhile.
             queued = asyncio.get_running_loop().run_in_executor(None, queue)
+            also = []
+            if record_id is not None:
+                # The answer kept for a retry, written with the audit record (its round trip).
+                sealed = await in_worker(idempotency.seal_response)(record_id, organization_id, body)
+                also.append((_answer_statement(), [202, sealed, record_id]))
             await audit_record_async(
-                "agent.message", target=run, organization_id=organization_id,
+                "agent.message", target=run, organization_id=organization_id, also=also,
                 details={"session": pk, "run": str(run_id), "backend": why[0][2], "characters": len(content)},
             )  # fmt: skip
             try:
                 await queued
             except Exception:
-                # The queue (Redis) is down: the run could not start. It is failed, not left running.
+                # The queue (Redis) is down: the run could not start. It is failed, not left running,
+                # and a retry with the same Idempotency-Key sends the message again.
                 log.exception("agent run not queued", extra={"run": str(run_id)})
                 await in_worker(runs.fail_unqueued)(run_id)
+                if record_id is not None:
+                    await in_worker(_forget_key)(principal, record_id)
                 raise APIError("queue_unavailable", "The run could not be queued; try again shortly.",
                                status=503) from None  # fmt: skip
+    return http.Answer(202, body)
 
-    created = _iso(now)
-    message = {"id": message_id, "seq": seq, "role": "user", "content": content, "tool_calls": [], "tool_call_id": "",
-               "tool_name": "", "is_error": False, "run": str(run_id), "created_at": created}  # fmt: skip
-    run_body = {"id": str(run_id), "status": RunStatus.RUNNING, "error": None,
-                "usage": {"input_tokens": 0, "output_tokens": 0}, "steps": 0, "tool_calls": 0, "first_event_ms": None,
-                "created_at": created, "finished_at": None}  # fmt: skip
-    return http.Answer(202, {"message": message, "run": run_body})
+
+@cache
+def _answer_statement() -> aio.Statement:
+    from tenants.models import IdempotencyRecord
+
+    return aio.Statement(
+        "agentapi_idempotency_answer",
+        f'UPDATE "{IdempotencyRecord._meta.db_table}" SET status = %s, response = %s '  # noqa: S608
+        "WHERE id = %s AND status IS NULL",
+    )
+
+
+def _first_answer(principal: Principal, key: str, fingerprint: str) -> tuple[int, dict] | None:
+    """The first answer to this key (tenants.idempotency.answer), or None when it has no record."""
+    from tenants.models import IdempotencyRecord
+
+    with scoping.organization_scope(principal.organization, actor=principal.actor):
+        record = IdempotencyRecord.objects.filter(user_id=principal.membership.user_id, key=key).first()
+        return None if record is None else idempotency.answer(record, fingerprint)
+
+
+def _forget_key(principal: Principal, record_id: int) -> None:
+    from tenants.models import IdempotencyRecord
+
+    with scoping.organization_scope(principal.organization, actor=principal.actor):
+        IdempotencyRecord.objects.filter(pk=record_id).delete()
+
+
+def rebuild_answer(run_id: str) -> tuple[int, dict]:
+    """A message's answer rebuilt from what was stored (its Idempotency-Key's record was claimed with
+    it, and its answer not yet written): the message and its run as they are now."""
+    from sessions_app.api import serializers as session_serializers
+    from sessions_app.models import AgentMessage, AgentRun
+
+    run = AgentRun.objects.get(pk=run_id)
+    message = AgentMessage.objects.filter(run=run, role="user").order_by("seq").first()
+    return 202, {
+        "message": session_serializers.MessageSerializer(message).data,
+        "run": session_serializers.RunSerializer(run).data,
+    }

@@ -9,5 +9,9 @@ class TenantsConfig(AppConfig):
         from django.contrib import admin
 
         from tenants import signin
+        from tenants.models import IdempotencyRecord
+        from tenants.secrets import register_sealed_field
+
+        register_sealed_field(IdempotencyRecord, "response", lambda row: row.context())
 
         admin.site.login_form = signin.ThrottledAdminAuthenticationForm

@@ -217,3 +217,30 @@ class DataKey(TenantModel):
     @staticmethod
     def context(organization_id: int, version: int) -> str:
         return f"tenants.datakey:{organization_id}:{version}"
+
+
+class IdempotencyRecord(TenantModel):
+    """What a create request sent with an `Idempotency-Key` answered (tenants.idempotency): a retry
+    with the same key, by the same user, answers it again and changes nothing. The response is
+    sealed under the organization's data key (it may hold a new API key or session token once)."""
+
+    user_id = models.BigIntegerField(help_text="Whose key this is: keys are unique per user and organization.")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request's method, path and body.")
+    status = models.PositiveSmallIntegerField(null=True, help_text="Empty while the first request is in progress.")
+    response = models.TextField(blank=True, help_text="The answer's body, sealed.")
+    resource = models.CharField(max_length=100, blank=True, help_text="What the request created (model:id).")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "user_id", "key"], name="tenants_idempotency_unique_key")
+        ]
+
+    def __str__(self):
+        return f"{self.method} {self.path} [{self.key[:16]}]"
+
+    def context(self) -> str:
+        return f"tenants.idempotencyrecord:{self.pk}:response"

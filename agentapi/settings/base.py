@@ -249,6 +249,7 @@ CELERY_BEAT_SCHEDULE = {
     "check-mcp-servers": {"task": "mcp.tasks.mcp_configurations_check_health", "schedule": None},
     "refresh-oauth-tokens": {"task": "oauth.tasks.oauth_tokens_refresh_expiring", "schedule": 60.0},
     "expire-agent-sessions": {"task": "sessions_app.tasks.agent_sessions_expire", "schedule": 60.0},
+    "purge-idempotency-records": {"task": "tenants.tasks.idempotency_records_purge", "schedule": 3600.0},
     "reap-agent-runs": {"task": "sessions_app.tasks.agent_runs_reap", "schedule": 15.0},
     # The audit log's sequencer; a run the worker could not start within a few seconds is dropped
     # (the next one chains what it would have).
@@ -382,6 +383,9 @@ OAUTH_STATE_TTL_SECONDS = env.int("OAUTH_STATE_TTL_SECONDS", default=600)
 OAUTH_REFRESH_WINDOW_SECONDS = env.int("OAUTH_REFRESH_WINDOW_SECONDS", default=300)
 OAUTH_REFRESH_ATTEMPTS = env.int("OAUTH_REFRESH_ATTEMPTS", default=3)
 OAUTH_TOKEN_CACHE_SECONDS = env.float("OAUTH_TOKEN_CACHE_SECONDS", default=15.0)  # a process's copy of a connection
+
+# How long a create request's Idempotency-Key is remembered (tenants.idempotency).
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 
 # Unwrapped organization data keys are kept in memory this long (a destroyed key stops working
 # everywhere within this time).

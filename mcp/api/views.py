@@ -17,6 +17,7 @@ from mcp import catalogue, proxy, services
 from mcp.api import serializers as s
 from mcp.models import PinStatus, StdioTemplate, ToolPin
 from tenants.api.base import IsOperator, IsOrganizationManager, IsOrganizationMember, TenantAPIViewMixin, TenantViewSet
+from tenants.idempotency import idempotent
 
 _ANY = inline_serializer("MCPResult", {"result": serializers.JSONField()})
 _non_atomic = method_decorator(transaction.non_atomic_requests, name="dispatch")
@@ -34,6 +35,7 @@ class MCPConfigurationViewSet(
         return services.configurations_visible_to(self.principal).select_related("stdio_template")
 
     @extend_schema(request=s.MCPConfigurationCreateSerializer, responses={201: s.MCPConfigurationSerializer})
+    @idempotent
     def create(self, request):
         data = s.MCPConfigurationCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -12,6 +12,7 @@ from oauth import services
 from oauth.api import serializers as s
 from oauth.models import OAuthProvider, OAuthToken
 from tenants.api.base import IsOrganizationMember, TenantAPIViewMixin, TenantViewSet
+from tenants.idempotency import idempotent
 from tenants.models import MANAGER_ROLES
 
 # Other apps resolve their own targets for POST /authorize/ (the MCP app: "mcp_configuration"):
@@ -41,6 +42,7 @@ class OAuthProviderViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Ten
             raise APIError("permission_denied", "You may not change this provider.", status=403)
 
     @extend_schema(request=s.OAuthProviderCreateSerializer, responses={201: s.OAuthProviderSerializer})
+    @idempotent
     def create(self, request):
         data = s.OAuthProviderCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)

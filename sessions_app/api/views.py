@@ -15,7 +15,9 @@ from mcp.api import serializers as mcp_serializers
 from sessions_app import agents, prompts, runs, services, tools
 from sessions_app.api import serializers as s
 from sessions_app.models import AgentBackend, AgentMessage, AgentRun
+from tenants import idempotency
 from tenants.api.base import IsOrganizationMember, TenantViewSet
+from tenants.idempotency import idempotent
 
 
 class PromptViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantViewSet):
@@ -29,6 +31,7 @@ class PromptViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantView
         return prompts.visible_to(self.principal).order_by("id")
 
     @extend_schema(request=s.PromptCreateSerializer, responses={201: s.PromptSerializer})
+    @idempotent
     def create(self, request):
         data = s.PromptCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -95,6 +98,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         return super().list(request, *args, **kwargs)
 
     @extend_schema(request=s.AgentSessionCreateSerializer, responses={201: s.AgentSessionCreatedSerializer})
+    @idempotent
     def create(self, request):
         data = s.AgentSessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -190,6 +194,7 @@ class AgentBackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tena
         return AgentBackend.objects.order_by("id")
 
     @extend_schema(request=s.AgentBackendCreateSerializer, responses={201: s.AgentBackendSerializer})
+    @idempotent
     def create(self, request):
         data = s.AgentBackendCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -245,9 +250,11 @@ class ConversationViewSet(TenantViewSet):
         methods=["POST"],
         request=s.MessageCreateSerializer,
         responses={202: s.MessageSentSerializer},
+        parameters=[idempotency.PARAMETER],
         description="Send a message: 202 with it and its run; `409 session_busy` while a run is going.",
     )
     @action(detail=True, methods=["get", "post"])
+    @idempotent
     def messages(self, request, pk=None):
         session = self.get_object()
         if request.method == "GET":

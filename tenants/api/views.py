@@ -14,6 +14,7 @@ from tenants.api.base import (
     TenantAPIViewMixin,
     TenantViewSet,
 )
+from tenants.idempotency import idempotent
 from tenants.models import MANAGER_ROLES, APIKey, Membership, Organization
 
 
@@ -46,6 +47,7 @@ class MemberViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Des
         return Membership.objects.select_related("user")
 
     @extend_schema(request=s.MembershipCreateSerializer, responses={201: s.MembershipSerializer})
+    @idempotent
     def create(self, request):
         data = s.MembershipCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -96,6 +98,7 @@ class APIKeyViewSet(mixins.RetrieveModelMixin, TenantViewSet):
         return super().get_permissions()
 
     @extend_schema(request=s.APIKeyCreateSerializer, responses={201: s.APIKeyCreatedSerializer})
+    @idempotent
     def create(self, request):
         data = s.APIKeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
