@@ -31,7 +31,7 @@ def _check_database():
 def _check_redis():
     if not settings.REDIS_URL:
         return "not configured"
-    client = cache._cache.get_client(write=True)  # the cache's own pooled client
+    client = cache.client.get_client(write=True)  # the cache's own pooled client (django-redis)
     client.ping()
 
 

@@ -204,3 +204,39 @@ def test_the_kubernetes_deployment_runs_every_role_as_the_production_profile_nee
     read |= set(re.findall(r"\$\{([A-Z_]+)", (DOCKER / "start").read_text())) | {"DJANGO_SETTINGS_MODULE"}
     assert set(config) <= read, set(config) - read
     assert hasattr(settings, "RATE_LIMIT_EXPECTED_PROCESSES")
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_platform_exports(tmp_path, db):
+    """Every metric a panel queries is one /metrics serves (the platform's, or django-prometheus's)."""
+    import json
+    import os
+    import sys
+
+    dashboard = json.loads((DOCKER / "grafana" / "agentapi-dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["panels"]
+    queried = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"\b((?:agentapi|django)_[a-z_]+)", target["expr"]))
+    # A process that served requests, used the cache and the database, and recorded the platform's
+    # metrics with a sample each; then a scrape.
+    script = (
+        "from django.core.cache import cache; from django.test import Client\n"
+        "from mcp import metrics as m; from sessions_app import runs; from agentapi import ratelimit\n"
+        "Client().get('/health/live/'); cache.set('metrics-x', 1, 5); cache.get('metrics-x')\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "m.calls.labels('1', 'tools/call', 'ok').inc(); m.latency.labels('1', 'tools/call', 'ok').observe(0.1)\n"
+        "m.pool_size.set(1); m.breaker_state.labels('1').set(0)\n"
+        "runs.runs_total.labels('completed', 'openai').inc(); runs.first_event_seconds.observe(0.2)\n"
+        "runs.tokens_total.labels('input', 'openai').inc()\n"
+        "ratelimit.REFUSED.labels('read', 'credential').inc()\n"
+        "print(Client().get('/metrics').content.decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    scrape = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], env=env, check=True,
+                            capture_output=True, text=True, cwd=DOCKER.parent).stdout  # fmt: skip
+    exported = set(re.findall(r"^# TYPE (\S+)", scrape, re.MULTILINE))
+    served = {name for base in exported for name in (base, f"{base}_total", f"{base}_bucket")}
+    assert queried <= served, queried - served

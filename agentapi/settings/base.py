@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "agentapi",
     "tenants",
     "audit",
@@ -69,7 +70,14 @@ INSTALLED_APPS = [
     "sessions_app",
 ]
 
+# django-ratelimit (the admin's sign-in limit) knows django-redis's cache by name only; the cache
+# above is django-redis's with django-prometheus's counters.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+
+# django-prometheus's request metrics (django_http_*) cover what Django serves, the management
+# plane; agentapi.metrics' own (agentapi_http_*) cover both planes with the route as the label.
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "agentapi.middleware.RequestContextMiddleware",
     "agentapi.middleware.APIGuardMiddleware",
     "agentapi.middleware.RateLimitHeadersMiddleware",
@@ -86,6 +94,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "audit.middleware.SecurityEventMiddleware",
     "tenants.middleware.SessionOrganizationMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "agentapi.urls"
@@ -214,10 +223,12 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # django-redis (the design card's), through django-prometheus's subclass of it, which
+            # counts gets, hits and misses (django_cache_get_total, _hits_total, _misses_total).
+            "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "agentapi",
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
         }
     }
 else:

@@ -7,4 +7,4 @@ DEBUG = env.bool("DEBUG", default=True)
 
 # SQLite cannot make the audit chain's NULLS NOT DISTINCT constraint; the chain's advisory lock
 # is PostgreSQL's too. The embedded profile has one writer at a time, so neither is needed there.
-SILENCED_SYSTEM_CHECKS = ["models.W047"]
+SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "models.W047"]  # noqa: F405

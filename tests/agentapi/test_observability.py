@@ -72,11 +72,20 @@ def test_metrics_count_requests_by_route(alice_api, client):
 
 
 SERVE_REQUESTS = """
+from django.core.cache import cache
+from django.db import connection
 from django.test import Client
 client = Client()
 for _ in range({n}):
     client.get("/health/live/")
+    cache.get("metrics-test")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 """
+
+
+def sample(scrape: str, prefix: str) -> float:
+    return float(next(line for line in scrape.splitlines() if line.startswith(prefix)).split()[-1])
 
 
 def test_metrics_add_up_across_worker_processes(tmp_path, db):
@@ -91,12 +100,13 @@ def test_metrics_add_up_across_worker_processes(tmp_path, db):
         capture_output=True,
         text=True,
     ).stdout
-    line = next(
-        line
-        for line in scrape.splitlines()
-        if line.startswith('agentapi_http_requests_total{method="GET",route="health/live/",status="200"}')
-    )
-    assert float(line.split()[-1]) == 7.0
+    assert sample(scrape, 'agentapi_http_requests_total{method="GET",route="health/live/",status="200"}') == 7.0
+    # django-prometheus's request, cache and database metrics add up the same way (its request
+    # count includes the scrape, counted before the view answers).
+    assert sample(scrape, 'django_http_requests_total_by_method_total{method="GET"}') == 8.0
+    assert sample(scrape, 'django_cache_get_total{backend="redis"}') == 7.0
+    assert sample(scrape, 'django_db_execute_total{alias="default",vendor="postgresql"}') >= 7.0
+    assert "django_db_query_duration_seconds_bucket" in scrape
 
 
 def test_readiness_answers_within_its_timeout_when_a_check_hangs(client, db, settings):

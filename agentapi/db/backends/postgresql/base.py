@@ -7,17 +7,33 @@ they are set for the session and re-checked before the next statement. Anything 
 setting (commit, rollback, rollback to a savepoint, a change of autocommit, a new connection)
 forgets what was applied, so the next statement sets it again. The setting statement is pipelined
 with the statement it precedes, so it costs no extra round trip.
+
+django-prometheus's cursor wrapper counts every statement and its duration and the connections
+made (django_db_execute_total, django_db_query_duration_seconds, django_db_new_connections_total),
+as its own PostgreSQL backend does; the data plane's statements (agentapi.db.aio) are not
+Django's and are not counted there.
 """
 
 import psycopg
 from django.db.backends.postgresql import base
+from django_prometheus.db.common import DatabaseWrapperMixin, ExportingCursorWrapper
 
 from agentapi.db.scope import DatabaseScope, current_scope
 
 _SET_SCOPE_SQL = "SELECT " + ", ".join("set_config(%s, %s, %s)" for _ in DatabaseScope().as_settings())
 
 
-class DatabaseWrapper(base.DatabaseWrapper):
+class DatabaseWrapper(DatabaseWrapperMixin, base.DatabaseWrapper):
+    def get_connection_params(self):
+        params = super().get_connection_params()
+        params["cursor_factory"] = ExportingCursorWrapper(params["cursor_factory"], self.alias, self.vendor)
+        return params
+
+    def create_cursor(self, name=None):
+        # psycopg makes the counting cursors (cursor_factory above); the mixin's create_cursor
+        # is psycopg 2's way (as django_prometheus.db.backends.postgresql does).
+        return base.DatabaseWrapper.create_cursor(self, name=name)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._applied_scope = None
