@@ -41,4 +41,8 @@ def check_rate_limits(app_configs, **kwargs):
     unknown = sorted(set(settings.RATE_LIMIT_ROUTE_CLASSES.values()) - set(ratelimit.CLASSES))
     if unknown:
         return [Error(f"RATE_LIMIT_ROUTE_CLASSES names unknown classes: {', '.join(unknown)}.", id="agentapi.E011")]
+    try:
+        ratelimit.parse(settings.RATE_LIMIT_AUTH_FAILURES)
+    except ValueError as exc:
+        return [Error(f"RATE_LIMIT_AUTH_FAILURES: {exc}", id="agentapi.E012")]
     return []

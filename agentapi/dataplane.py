@@ -293,7 +293,7 @@ async def serve_app(route: Route, kwargs: dict, scope, receive, send) -> None:
         except exceptions.APIException as exc:
             if status["started"]:
                 raise
-            code, data, more = errors.api_error_parts(exc, challenge=CHALLENGE)
+            code, data, more = errors.api_error_parts(await ratelimit.after_failure_async(exc), challenge=CHALLENGE)
             extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in more.items()]
             body = _json_bytes(data)
             await send_with_headers(
@@ -338,7 +338,7 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
         answer = await _handler(route.handler)(request, **kwargs)
         return getattr(answer, "status", 200), answer, getattr(answer, "headers", {})
     except exceptions.APIException as exc:
-        return errors.api_error_parts(exc, challenge=CHALLENGE)
+        return errors.api_error_parts(await ratelimit.after_failure_async(exc), challenge=CHALLENGE)
     except Exception:
         logger.exception("Internal error on the data plane", extra={"path": scope["path"]})
         return 500, errors.error_body("internal_error", "Something went wrong on our side; it has been logged."), {}

@@ -85,6 +85,8 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, exceptions.AuthenticationFailed):
+        exc = ratelimit.after_failure(exc)  # or 429, once the address has failed too often
     response = _drf_exception_handler(exc, context)
     if response is None:
         return None  # not a client error: Django's 500 handler answers (and logs) it

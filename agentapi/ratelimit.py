@@ -51,6 +51,7 @@ class Limit:
     subject: str  # whose: the credential, the organization, the address
     count: int
     period: int
+    spend: bool = True  # False: only checked (an address's failed authentications, on a success)
 
     @property
     def policy(self) -> str:
@@ -155,15 +156,15 @@ def limits_for(klass: str, subjects: dict[str, str], overrides: dict | None = No
 # -- deciding ------------------------------------------------------------------------------------
 
 # KEYS: one per limit. ARGV: per limit, its emission interval and its burst tolerance (the
-# period), in microseconds. Returns: the refusing limit's position (0: none) and how long until it
-# admits, then per limit what remains and how long until it is whole. Nothing is written when
-# one refuses.
+# period), in microseconds, and 1 to spend from it or 0 only to check it. Returns: the refusing
+# limit's position (0: none) and how long until it admits, then per limit what remains and how
+# long until it is whole. Nothing is written when one refuses.
 GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local refused, wait, tats = 0, 0, {}
 for i = 1, #KEYS do
-  local interval, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local interval, tau = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   tats[i] = tat + interval
@@ -171,9 +172,9 @@ for i = 1, #KEYS do
 end
 local out = {refused, wait}
 for i = 1, #KEYS do
-  local interval, tau = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local interval, tau, spend = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), ARGV[3 * i] == '1'
   local tat = tats[i]
-  if refused == 0 then
+  if refused == 0 and spend then
     redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
   else
     tat = tat - interval
@@ -189,7 +190,7 @@ def _arguments(limits: list[Limit]) -> list[int]:
     argv = []
     for limit in limits:
         period = limit.period * 1_000_000
-        argv += [period // limit.count, period]
+        argv += [period // limit.count, period, int(limit.spend)]
     return argv
 
 
@@ -224,7 +225,7 @@ class _Local:
                     refused, wait = limit, tat - tau - now
             remaining, reset = [], []
             for limit, (tat, interval, tau, _count) in zip(limits, tats, strict=True):
-                if refused is None:
+                if refused is None and limit.spend:
                     self.tats[limit.key] = tat
                 else:
                     tat -= interval
@@ -242,8 +243,10 @@ _local = _Local()
 def _fallback(limits: list[Limit]) -> Decision | None:
     """Redis is unreachable: the fail mode's answer (None: not limited)."""
     mode = settings.RATE_LIMIT_FAIL_MODE
-    if mode == "open" and not any(limit.klass == "auth" for limit in limits):
-        return None
+    if mode == "open":  # for every class but `auth`, which is decided locally
+        limits = [limit for limit in limits if limit.klass == "auth"]
+        if not limits:
+            return None
     if mode == "closed":
         raise LimitsUnavailable()
     return _local.decide(limits)
@@ -325,12 +328,83 @@ async def check_async(limits: list[Limit], redis) -> Decision | None:
 
 def headers(decision: Decision | None) -> dict[str, str]:
     """The IETF fields (draft-ietf-httpapi-ratelimit-headers): every policy that applied, and
-    what remains of each (the one closest to refusing first)."""
-    if decision is None or not decision.limits:
+    what remains of each (the one closest to refusing first). A limit only checked (an address's
+    failed authentications, on a request that authenticated) is named only when it refused."""
+    if decision is None:
         return {}
-    policy = ", ".join(f'"{limit.policy}";q={limit.count};w={limit.period}' for limit in decision.limits)
-    order = sorted(range(len(decision.limits)), key=lambda i: decision.remaining[i])
+    shown = [i for i, limit in enumerate(decision.limits) if limit.spend or limit is decision.refused_by]
+    if not shown:
+        return {}
+    policy = ", ".join(f'"{decision.limits[i].policy}";q={decision.limits[i].count};w={decision.limits[i].period}'
+                       for i in shown)  # fmt: skip
+    order = sorted(shown, key=lambda i: decision.remaining[i])
     current = ", ".join(
         f'"{decision.limits[i].policy}";r={decision.remaining[i]};t={math.ceil(decision.reset[i])}' for i in order
     )
     return {"RateLimit-Policy": policy, "RateLimit": current}
+
+
+# -- failed authentications ------------------------------------------------------------------------
+# An address that fails to authenticate more than RATE_LIMIT_AUTH_FAILURES times is refused (429)
+# until its failures age out, whatever it presents next, valid or not, so that it learns nothing
+# from guessing. Only failures spend (an attacker pays, a user does not); a request that
+# authenticates has the address's failures checked in the same round trip as its own limits
+# (tenants.ratelimits.limits), so this costs legitimate traffic nothing.
+
+
+def failure_limit(address: str | None, *, spend: bool) -> Limit | None:
+    if not address:
+        return None
+    count, period = parse(settings.RATE_LIMIT_AUTH_FAILURES)
+    return Limit("auth", "failures", address, count, period, spend=spend)
+
+
+def _address() -> str | None:
+    from agentapi import context
+
+    current = context.current()
+    return current.ip if current is not None else None
+
+
+def after_failure(exc: exceptions.APIException) -> exceptions.APIException:
+    """What to answer for a refused credential (an AuthenticationFailed, not a missing one) from
+    the request's address: the exception itself, or RateLimited once the address has failed too
+    often. Synchronous planes."""
+    limit = failure_limit(_address(), spend=True) if isinstance(exc, exceptions.AuthenticationFailed) else None
+    if limit is None:
+        return exc
+    try:
+        check([limit])
+    except (RateLimited, LimitsUnavailable) as refusal:
+        return refusal
+    return exc
+
+
+async def after_failure_async(exc: exceptions.APIException) -> exceptions.APIException:
+    """after_failure on an event loop (the data plane)."""
+    limit = failure_limit(_address(), spend=True) if isinstance(exc, exceptions.AuthenticationFailed) else None
+    if limit is None:
+        return exc
+    try:
+        await check_async([limit], shared_redis())
+    except (RateLimited, LimitsUnavailable) as refusal:
+        return refusal
+    return exc
+
+
+_shared: tuple | None = None  # (loop, agentapi.resilience.SharedRedis)
+
+
+def shared_redis():
+    """The running loop's Redis client for the limits (one per process, made on its loop)."""
+    import asyncio
+
+    from agentapi.resilience import SharedRedis
+
+    global _shared
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    if _shared is None or _shared[0] is not loop:
+        _shared = (loop, SharedRedis(settings.REDIS_URL))
+    return _shared[1]

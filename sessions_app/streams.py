@@ -33,7 +33,7 @@ from rest_framework import exceptions
 
 from agentapi import context as request_context
 from agentapi import dataplane as http
-from agentapi import errors
+from agentapi import errors, ratelimit
 from agentapi.db import aio
 from agentapi.workers import in_worker
 from audit.recorders import deferred_security_events_async
@@ -371,7 +371,7 @@ async def agentapi(scope, receive, send, session_id: str, endpoint: str) -> None
     except exceptions.APIException as exc:
         if started["value"]:
             raise
-        status, body, more = errors.api_error_parts(exc, challenge=http.CHALLENGE)
+        status, body, more = errors.api_error_parts(await ratelimit.after_failure_async(exc), challenge=http.CHALLENGE)
         problem = {"title": body["error"]["code"], "status": status, "detail": body["error"]["message"]}
         details = body["error"].get("details") or {}
         if details:

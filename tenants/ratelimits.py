@@ -5,6 +5,7 @@ at the organization's own rates (its setting `rate_limits`) over the defaults (R
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
+from agentapi import context as request_context
 from agentapi import ratelimit
 from tenants.authentication import Principal
 
@@ -19,8 +20,13 @@ def subjects(principal: Principal) -> dict[str, str]:
 
 
 def limits(klass: str, principal: Principal) -> list[ratelimit.Limit]:
+    """The class's limits for the principal, and (only checked) its address's failed
+    authentications: an address over them is refused even with a valid credential."""
     overrides = (principal.organization.settings or {}).get("rate_limits")
-    return ratelimit.limits_for(klass, subjects(principal), overrides if isinstance(overrides, dict) else None)
+    found = ratelimit.limits_for(klass, subjects(principal), overrides if isinstance(overrides, dict) else None)
+    current = request_context.current()
+    failures = ratelimit.failure_limit(current.ip if current is not None else None, spend=False)
+    return found if failures is None else [*found, failures]
 
 
 def class_of(route_name: str | None, method: str) -> str:
@@ -48,21 +54,8 @@ class RateLimitThrottle(BaseThrottle):
         return True
 
 
-_shared: tuple | None = None  # (loop, agentapi.resilience.SharedRedis)
-
-
 def _redis():
-    import asyncio
-
-    from agentapi.resilience import SharedRedis
-
-    global _shared
-    if not settings.REDIS_URL:
-        return None
-    loop = asyncio.get_running_loop()
-    if _shared is None or _shared[0] is not loop:
-        _shared = (loop, SharedRedis(settings.REDIS_URL))
-    return _shared[1]
+    return ratelimit.shared_redis()
 
 
 # The limits each credential was last held to, by its hash: a data-plane request starts its Redis

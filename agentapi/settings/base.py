@@ -326,6 +326,9 @@ RATE_LIMITS = {
     "agent": {"credential": "60/minute", "organization": "600/minute"},
     "auth": {"credential": "30/minute", "address": "60/minute"},
 }
+# Failed authentications (a refused API key, token or JWT) per client address; past this the
+# address is refused (429) whatever it presents, until its failures age out.
+RATE_LIMIT_AUTH_FAILURES = env.str("RATE_LIMIT_AUTH_FAILURES", default="30/minute")
 RATE_LIMIT_ROUTE_CLASSES = {
     "mcp-proxy-tools-call": "mcp", "mcp-proxy-resources-read": "mcp", "mcp-proxy-prompts-get": "mcp",
     "agent-session-tools-tools-call": "mcp", "agent-session-tools-resources-read": "mcp",

@@ -242,3 +242,72 @@ def test_two_web_processes_share_one_limit_within_one_percent(alice_api, acme):
     admitted = statuses.count(200)
     assert len(statuses) == 900 and set(statuses) <= {200, 429}, sorted(set(statuses))
     assert 297 <= admitted <= 303, admitted  # within 1% of 300 (and of the second or two it took)
+
+
+# -- failed authentications per address -------------------------------------------------------------
+
+BAD_KEY = "aak_" + "0" * 40
+
+
+def test_an_address_that_fails_too_often_is_refused_whatever_it_presents(alice_api, settings):
+    from tests.conftest import Api
+
+    settings.RATE_LIMIT_AUTH_FAILURES = "3/hour"
+    # No credential at all is not a failed authentication: never counted.
+    assert {Api().get(ME).status_code for _ in range(5)} == {401}
+    answers = [Api(BAD_KEY).get(ME) for _ in range(4)]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    refused = answers[3]
+    assert error_of(refused)["details"] == {"limit": "auth-failures", "rate": "3/hour"}
+    assert int(refused["Retry-After"]) > 1000 and refused["RateLimit-Policy"] == '"auth-failures";q=3;w=3600'
+    # From that address even a valid key is refused: a guess that lands learns nothing.
+    blocked = alice_api.get(ME)
+    assert blocked.status_code == 429 and error_of(blocked)["details"]["limit"] == "auth-failures"
+    # Another address is not held to this one's failures, and a request that authenticates is not
+    # told about a limit it did not meet.
+    elsewhere = alice_api.client.get(ME, headers=alice_api.headers, REMOTE_ADDR="192.0.2.7")
+    assert elsewhere.status_code == 200 and "auth-failures" not in elsewhere["RateLimit-Policy"]
+
+
+@committed
+def test_the_data_plane_counts_failed_authentications_per_address(alice_api, http_server, settings, mcp_settings):
+    from tests.conftest import Api
+    from tests.mcp.conftest import configure
+
+    configuration = configure(alice_api, url=http_server.url)
+    settings.RATE_LIMIT_AUTH_FAILURES = "3/hour"
+    path = f"/api/v1/mcp/configurations/{configuration['id']}/tools/call/"
+    body = {"name": "echo", "arguments": {"text": "x"}}
+    answers = [Api(BAD_KEY).post(path, body) for _ in range(4)]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429]
+    assert error_of(answers[3])["details"]["limit"] == "auth-failures" and answers[3]["Retry-After"]
+    before = http_server.stats().get("tools/call", 0)
+    assert alice_api.post(path, body).status_code == 429
+    assert http_server.stats().get("tools/call", 0) == before  # nothing reached the server
+
+
+@committed
+def test_the_session_mcp_endpoint_counts_failed_session_tokens(alice_api, settings, mcp_settings):
+    from tests.conftest import Api
+
+    session = alice_api.post("/api/v1/sessions/", {"name": "s"}).json()
+    settings.RATE_LIMIT_AUTH_FAILURES = "2/hour"
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    bad = Api("ast_" + "0" * 40, Accept="application/json, text/event-stream")
+    statuses = [bad.post(f"/mcp/sessions/{session['id']}/", initialize).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+def test_failed_authentications_are_counted_even_with_redis_down(settings, db):
+    from tests.conftest import Api
+
+    settings.RATE_LIMIT_AUTH_FAILURES = "2/hour"
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+    settings.RATE_LIMIT_FAIL_MODE = "open"  # open for the other classes; never for these
+    settings.RATE_LIMIT_EXPECTED_PROCESSES = 1
+    ratelimit._sync.client = None
+    try:
+        assert [Api(BAD_KEY).get(ME).status_code for _ in range(3)] == [401, 401, 429]
+    finally:
+        ratelimit._sync.client = None
