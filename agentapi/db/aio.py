@@ -99,6 +99,10 @@ def _conninfo() -> dict:
 async def _configure(connection: psycopg.AsyncConnection) -> None:
     # Autocommit: each unit sends its own BEGIN and COMMIT in its one query.
     await connection.set_autocommit(True)
+    # psycopg never prepares on its own here: this module prepares what it runs (Statement), and
+    # the DEALLOCATE ALL after a failure would otherwise also drop what psycopg thinks it has
+    # prepared (the load suite found a ROLLBACK run five times, prepared by psycopg, then missing).
+    connection.prepare_threshold = None
 
 
 async def pool() -> AsyncConnectionPool:
@@ -174,8 +178,8 @@ async def run(scope: DatabaseScope, statements: list[tuple[Statement | str, list
             prepared.clear()
             if not connection.closed:
                 if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    await connection.execute("ROLLBACK")
-                await connection.execute("DEALLOCATE ALL")
+                    await connection.execute("ROLLBACK", prepare=False)
+                await connection.execute("DEALLOCATE ALL", prepare=False)
             raise
         finally:
             await cursor.close()

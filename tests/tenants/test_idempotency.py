@@ -207,3 +207,13 @@ def test_the_fingerprint_is_the_parsed_body_not_its_spelling():
         "POST", "/p/", {"b": [1, 2], "a": 1}
     )
     assert idempotency.fingerprint("POST", "/p/", {"a": 1}) != idempotency.fingerprint("POST", "/q/", {"a": 1})
+
+
+def test_a_busy_session_answers_409_however_often_it_is_asked(alice_api, acme):
+    # Found by the load suite: after five failed units on one data-plane connection, psycopg had
+    # prepared the ROLLBACK itself, the cleanup's DEALLOCATE ALL dropped it, and the sixth was a 500.
+    session = open_session(alice_api)
+    path = f"{SESSIONS}{session['id']}/messages/"
+    assert alice_api.post(path, {"content": "first"}).status_code == 202
+    statuses = [alice_api.post(path, {"content": f"again {i}"}).status_code for i in range(12)]
+    assert statuses == [409] * 12
