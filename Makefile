@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents load clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-sessions: $(BIN)/.installed
 
 bench-agents: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_agents.py
+
+load: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/load/run.py
 
 clean:
 	rm -rf $(VENV) var staticfiles
