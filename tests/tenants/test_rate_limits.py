@@ -22,15 +22,22 @@ from tests.mcp.conftest import http_server, mcp_settings  # noqa: F401 (fixtures
 ME = "/api/v1/me/"
 
 
-@pytest.fixture(autouse=True)
-def clean_counters():
+def _forget_counters():
     client = redis.Redis.from_url(django_settings.REDIS_URL)
     for key in client.scan_iter("agentapi:rl:*"):
         client.delete(key)
-    ratelimit._sync.down_until = 0.0
     ratelimit._local.tats.clear()
+
+
+@pytest.fixture(autouse=True)
+def clean_counters():
+    _forget_counters()
+    ratelimit._sync.down_until = 0.0
     yield
     ratelimit._sync.client, ratelimit._sync.down_until = None, 0.0  # nothing of a dead Redis outlives the test
+    # Nor any counter: an address these tests made fail (at rates of a few an hour) would be refused
+    # in every later test from it.
+    _forget_counters()
 
 
 @pytest.fixture
