@@ -5,10 +5,12 @@ querysets below come from each model's scoped manager, and row-level security ba
 """
 
 from django import forms
+from django.conf import settings as django_settings
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.template.response import TemplateResponse
 
+from agentapi import ratelimit
 from agentapi.errors import APIError
 from tenants import scoping, services
 from tenants.middleware import actor_for
@@ -80,10 +82,45 @@ class UserAdmin(DjangoUserAdmin):
         return request.user.is_superuser
 
 
-class OrganizationForm(forms.ModelForm):
+def _rate_fields() -> dict[str, tuple[str, str, str]]:
+    """One form field per rate limit an organization may set: name -> (class, scope, default)."""
+    return {
+        f"rate_{klass}_{scope}": (klass, scope, default)
+        for klass, scopes in django_settings.RATE_LIMITS.items()
+        for scope, default in scopes.items()
+    }
+
+
+# Declared on a base class (the admin's fieldsets may name only declared fields), one per limit.
+_RateLimitFields = type(
+    "_RateLimitFields",
+    (forms.Form,),
+    {
+        name: forms.CharField(
+            required=False,
+            max_length=40,
+            label=f"{klass} per {scope}",
+            help_text=f"The default is {default}. COUNT/PERIOD, the period a second, minute, hour or day.",
+        )
+        for name, (klass, scope, default) in _rate_fields().items()
+    },
+)
+
+
+class OrganizationForm(_RateLimitFields, forms.ModelForm):
+    """The organization, its settings, and its own rate limits as fields (they are its setting
+    `rate_limits`; a field left empty keeps the platform's default)."""
+
     class Meta:
         model = Organization
         fields = ["slug", "name", "is_active", "settings"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        own = (self.instance.settings or {}).get("rate_limits") if self.instance.pk else None
+        for name, (klass, scope, _default) in _rate_fields().items():
+            if isinstance(own, dict) and isinstance(own.get(klass), dict):
+                self.initial.setdefault(name, own[klass].get(scope, ""))
 
     def clean_settings(self):
         """The limits as the operators' API checks them (tenants.api.serializers)."""
@@ -94,10 +131,44 @@ class OrganizationForm(forms.ModelForm):
             raise forms.ValidationError(str(checked.errors))
         return {**(self.cleaned_data.get("settings") or {}), **checked.validated_data}
 
+    def clean(self):
+        cleaned = super().clean()
+        limits: dict[str, dict[str, str]] = {}
+        for name, (klass, scope, _default) in _rate_fields().items():
+            value = (cleaned.get(name) or "").strip()
+            if not value:
+                continue
+            try:
+                ratelimit.parse(value)
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+                continue
+            limits.setdefault(klass, {})[scope] = value
+        if "settings" in cleaned:
+            current = dict(cleaned["settings"] or {})
+            if limits:
+                current["rate_limits"] = limits
+            else:
+                current.pop("rate_limits", None)
+            cleaned["settings"] = current
+        return cleaned
+
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
     form = OrganizationForm
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "is_active", "settings", "created_at"]}),
+        (
+            "Rate limits",
+            {
+                "fields": list(_rate_fields()),
+                "description": "This organization's own limits, per class of request and per credential, "
+                "organization or client address. They are its setting rate_limits: what is set here replaces "
+                "the rate_limits written in the settings above.",
+            },
+        ),
+    ]
     list_display = ["slug", "name", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]

@@ -146,3 +146,31 @@ def test_an_api_key_never_changes_hands_in_the_admin(operator, alice, bob, acme)
     with scoping.organization_scope(acme):
         key.refresh_from_db()
     assert (key.name, key.membership_id) == ("renamed", alice.pk)
+
+
+def test_an_operator_sets_an_organizations_rate_limits_in_the_admin(operator, acme, bob):
+    import json
+
+    client = signed_in("operator@platform.test")
+    url = f"/admin/tenants/organization/{acme.pk}/change/"
+    page = client.get(url).content.decode()
+    assert "Rate limits" in page and "mcp per credential" in page
+    form = {"slug": acme.slug, "name": acme.name, "is_active": "on", "settings": json.dumps(acme.settings or {})}
+    refused = client.post(url, {**form, "rate_read_credential": "fast"})
+    assert refused.status_code == 200 and "A rate is COUNT/PERIOD" in refused.content.decode()
+    acme.refresh_from_db()
+    assert "rate_limits" not in (acme.settings or {})
+    saved = client.post(url, {**form, "rate_read_credential": "600/minute", "rate_mcp_organization": "5/second"})
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    acme.refresh_from_db()
+    assert acme.settings["rate_limits"] == {"read": {"credential": "600/minute"}, "mcp": {"organization": "5/second"}}
+    # Shown again as they are; emptied, the defaults hold again.
+    assert 'value="600/minute"' in client.get(url).content.decode()
+    assert client.post(url, {**form, "settings": json.dumps(acme.settings)}).status_code == 302
+    acme.refresh_from_db()
+    assert "rate_limits" not in acme.settings
+    # The organization's staff see them, and cannot change them.
+    User.objects.filter(email="bob@acme.test").update(is_staff=True)
+    with scoping.organization_scope(acme):
+        Membership.objects.filter(pk=bob.pk).update(role="admin")
+    assert signed_in("bob@acme.test").post(url, {**form, "rate_read_credential": "1/day"}).status_code == 403
