@@ -18,7 +18,35 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+
+
+def _reopen_after_fork() -> None:
+    """In a forked child, move prometheus_client's multiprocess files to the child's own pid at once.
+
+    prometheus_client does it lazily, on the child's first sample, by closing the parent's files
+    first. Celery's billiard closes every inherited descriptor in the processes it starts (the
+    pool's children, embedded beat), so that close failed with EBADF and took down whatever was
+    recording a sample (django-prometheus counts each new database connection: beat died on its
+    first query). Done here, right after fork, the descriptors are still open; one a process's own
+    parent closed is let go."""
+    check = getattr(values.ValueClass, "_MmapedValue__check_for_pid_change", None)
+    if check is None or not check.__closure__:
+        return  # not in multiprocess mode
+    cells = dict(zip(check.__code__.co_freevars, (cell.cell_contents for cell in check.__closure__), strict=True))
+    files = cells.get("files")
+    if isinstance(files, dict):
+        for opened in list(files.values()):
+            try:
+                opened.close()
+            except OSError:
+                pass
+        files.clear()
+    check(None)  # the pid changed: every value reopens under this process's own files
+
+
+os.register_at_fork(after_in_child=_reopen_after_fork)
 
 HTTP_REQUESTS = Counter("agentapi_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
 HTTP_LATENCY = Histogram(

@@ -130,3 +130,42 @@ def test_readiness_answers_within_its_timeout_when_a_check_hangs(client, db, set
     assert response.status_code == 200 and body["status"] == "degraded"
     assert body["checks"]["redis"] == {"ok": False, "error": "timeout"}
     assert body["checks"]["database"]["ok"] is True
+
+
+FORK_AS_BILLIARD_DOES = """
+import os, sys
+from django.db import connection
+from agentapi import metrics
+connection.ensure_connection()  # django-prometheus counts it: this process has its metric files open
+metrics.HTTP_REQUESTS.labels("GET", "parent", "200").inc()
+child = os.fork()
+if child == 0:
+    code = 0
+    try:
+        os.closerange(3, 65536)  # what Celery's billiard does in the processes it starts
+        metrics.HTTP_REQUESTS.labels("GET", "child", "200").inc()
+        metrics.HTTP_REQUESTS.labels("GET", "child", "200").inc()
+        grandchild = os.fork()  # and a process the child starts in turn
+        if grandchild == 0:
+            metrics.HTTP_REQUESTS.labels("GET", "grandchild", "200").inc()
+            os._exit(0)
+        code = os.waitpid(grandchild, 0)[1]
+    except Exception as exc:
+        print(repr(exc), file=sys.stderr)
+        code = 1
+    os._exit(code)
+print("child exit", os.waitpid(child, 0)[1])
+"""
+
+
+def test_metrics_survive_a_fork_that_closes_inherited_descriptors(tmp_path, db):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    manage = [sys.executable, "manage.py", "shell", "-c"]
+    run = subprocess.run([*manage, FORK_AS_BILLIARD_DOES], env=env, capture_output=True, text=True, timeout=60)
+    assert "child exit 0" in run.stdout, run.stderr[-2000:]
+    scrape = subprocess.run(
+        [*manage, "from django.test import Client; print(Client().get('/metrics').content.decode())"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    for route, count in (("parent", 1.0), ("child", 2.0), ("grandchild", 1.0)):
+        assert sample(scrape, f'agentapi_http_requests_total{{method="GET",route="{route}",status="200"}}') == count
