@@ -54,10 +54,6 @@ class RateLimitThrottle(BaseThrottle):
         return True
 
 
-def _redis():
-    return ratelimit.shared_redis()
-
-
 # The limits each credential was last held to, by its hash: a data-plane request starts its Redis
 # round trip for them while its database round trip authenticates it (speculate), instead of one
 # after the other. Authentication still decides: the speculation is used only when the principal
@@ -85,7 +81,7 @@ class Speculation:
 
     async def _decide(self):
         try:
-            return await ratelimit.check_async(self.limits, _redis()), None
+            return await ratelimit.check_async(self.limits, ratelimit.shared_redis()), None
         except Exception as exc:  # kept for enforce_async; never "never retrieved"
             return None, exc
 
@@ -109,7 +105,7 @@ async def enforce_async(klass: str, principal: Principal, speculation: Speculati
     else:
         if speculation is not None:
             speculation.drop()
-        decision = await ratelimit.check_async(held, _redis())
+        decision = await ratelimit.check_async(held, ratelimit.shared_redis())
     if speculation is not None:
         if len(_known) > MAX_KNOWN:
             _known.clear()

@@ -7,12 +7,8 @@ Elsewhere too: the session MCP endpoint initialized through one process and used
 (tests/sessions/test_conversations.py), one rate limit shared at 1% (tests/tenants/test_rate_limits.py).
 """
 
-import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
@@ -23,38 +19,26 @@ from tenants import scoping
 from tests.conftest import committed
 from tests.mcp.conftest import RunningServer, http_server, mcp_settings  # noqa: F401 (fixtures)
 from tests.sessions.model_doubles import ModelDouble
-from tests.sessions.test_conversations import backend, ended, open_session, read_stream, start_worker
+from tests.sessions.test_conversations import (
+    backend,
+    ended,
+    open_session,
+    read_stream,
+    worker,  # noqa: F401 (a fixture)
+)
+from tests.sessions.test_mcp_endpoint import start_web
 
 # mcp_settings: loopback servers allowed in this process too (it configures them).
 pytestmark = [committed, pytest.mark.usefixtures("mcp_settings")]
 ROOT = Path(__file__).resolve().parents[1]
-WEB_ENV = {"DJANGO_SETTINGS_MODULE": "agentapi.settings.test", "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
-           "ALLOWED_HOSTS": "127.0.0.1", "MCP_BREAKER_FAIL_MAX": "2", "MCP_BREAKER_RESET_TIMEOUT": "60",
-           "MCP_BREAKER_SYNC_INTERVAL": "0.2", "MCP_CONNECT_TIMEOUT": "2"}  # fmt: skip
-
-
-def start_web() -> tuple[subprocess.Popen, str]:
-    from tests.services import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "agentapi.asgi:application", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, **WEB_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health/live/", timeout=2)
-            return process, base
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-            time.sleep(0.2)
+# The breaker opens after two failures and is re-read from Redis every 0.2 s.
+BREAKER_ENV = {"MCP_BREAKER_FAIL_MAX": "2", "MCP_BREAKER_RESET_TIMEOUT": "60", "MCP_BREAKER_SYNC_INTERVAL": "0.2",
+               "MCP_CONNECT_TIMEOUT": "2"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def web():
-    started = [start_web(), start_web()]
+    started = [start_web(**BREAKER_ENV), start_web(**BREAKER_ENV)]
     yield [base for _, base in started]
     for process, _ in started:
         process.kill()
@@ -136,17 +120,8 @@ def double():
     return ModelDouble()
 
 
-@pytest.fixture(scope="module")
-def worker():
-    process = start_worker()
-    yield process
-    process.terminate()
-    process.communicate(timeout=30)
-
-
-def test_a_session_followed_on_one_process_while_its_messages_go_to_the_other(
-    alice_api, acme, clients, web, double, worker
-):
+@pytest.mark.usefixtures("worker")
+def test_a_session_followed_on_one_process_while_its_messages_go_to_the_other(alice_api, acme, clients, web, double):
     session = open_session(alice_api, backend(alice_api, double))
     double.reply = "Answered through the other process."
     auth = {"Authorization": alice_api.headers["Authorization"]}

@@ -30,11 +30,11 @@ SESSIONS = "/api/v1/sessions/"
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
 
 
-def start_web() -> tuple[subprocess.Popen, str]:
+def start_web(**env_overrides) -> tuple[subprocess.Popen, str]:
     from tests.services import free_port
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "agentapi.settings.test", "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.0/8",
-           "ALLOWED_HOSTS": "127.0.0.1"}  # fmt: skip
+           "ALLOWED_HOSTS": "127.0.0.1", **env_overrides}  # fmt: skip
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "agentapi.asgi:application", "--port", str(port), "--log-level", "warning"],
