@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents load clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents load faults clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ load: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) var staticfiles
+
+# The platform under load while Redis, PostgreSQL, a worker, an MCP server and an OAuth provider
+# fail; owns its PostgreSQL and Redis (it kills them). Writes var/faults/report.md.
+faults: $(BIN)/.installed
+	$(BIN)/python tests/faults/run.py

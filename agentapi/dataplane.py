@@ -289,7 +289,14 @@ async def serve_app(route: Route, kwargs: dict, scope, receive, send) -> None:
             if not _allowed_host(host):
                 security_log.error("Invalid HTTP_HOST header: %r.", host[:200])
                 raise exceptions.ParseError("The request could not be understood.")
-            await _handler(route.handler)(scope, receive, send_with_headers, **kwargs)
+            try:
+                await _handler(route.handler)(scope, receive, send_with_headers, **kwargs)
+            except Exception as exc:
+                outage = None if isinstance(exc, exceptions.APIException) else errors.unavailable(exc)
+                if outage is None or status["started"]:
+                    raise
+                logger.warning("a dependency is unavailable: %s", type(exc).__name__, extra={"path": scope["path"]})
+                raise outage from exc
         except exceptions.APIException as exc:
             if status["started"]:
                 raise
@@ -339,6 +346,9 @@ async def _answer(route: Route, kwargs: dict, scope, receive, headers: dict) -> 
         return getattr(answer, "status", 200), answer, getattr(answer, "headers", {})
     except exceptions.APIException as exc:
         return errors.api_error_parts(await ratelimit.after_failure_async(exc), challenge=CHALLENGE)
-    except Exception:
+    except Exception as exc:
+        if (outage := errors.unavailable(exc)) is not None:
+            logger.warning("a dependency is unavailable: %s", type(exc).__name__, extra={"path": scope["path"]})
+            return errors.api_error_parts(outage, challenge=CHALLENGE)
         logger.exception("Internal error on the data plane", extra={"path": scope["path"]})
         return 500, errors.error_body("internal_error", "Something went wrong on our side; it has been logged."), {}

@@ -6,11 +6,12 @@ Codes are stable: clients may branch on them.
 """
 
 import logging
+import sys
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import connections
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -42,6 +43,37 @@ class APIError(exceptions.APIException):
         self.error_code = code
         self.details = details or {}
         self.wait = retry_after  # DRF's handler turns `wait` into a Retry-After header
+
+
+# How long a client is told to wait when a dependency is down: PostgreSQL restarting or failing
+# over, Redis (the broker, the cache) restarting. Short: the platform recovers by itself.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def unavailable(exc: BaseException) -> "APIError | None":
+    """503 with Retry-After when `exc` says a dependency is unreachable (PostgreSQL, Redis, the
+    broker) rather than that the request or the code is wrong; None otherwise. Both planes and
+    Django's own 500 handler ask this, so an outage is never answered as our bug. The message
+    names no host: the error's own text (addresses, ports) stays in the log."""
+    import psycopg
+    from django.db import utils as db_utils
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    outages = (db_utils.OperationalError, db_utils.InterfaceError, psycopg.OperationalError,
+               psycopg.InterfaceError, RedisConnectionError, RedisTimeoutError, BrokerError)  # fmt: skip
+    seen = exc
+    for _ in range(4):  # a wrapped cause (Django's DatabaseError wraps psycopg's)
+        if seen is None:
+            break
+        if isinstance(seen, outages):
+            database = type(seen).__module__.startswith(("psycopg", "django.db"))
+            which = "database" if database else "broker or cache"
+            return APIError("service_unavailable", f"The platform's {which} is unavailable; try again shortly.",
+                            status=503, retry_after=UNAVAILABLE_RETRY_AFTER)  # fmt: skip
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def error_body(code: str, message: str, details=None) -> dict:
@@ -87,6 +119,9 @@ def exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, exceptions.AuthenticationFailed):
         exc = ratelimit.after_failure(exc)  # or 429, once the address has failed too often
+    elif not isinstance(exc, exceptions.APIException) and (outage := unavailable(exc)) is not None:
+        logger.warning("a dependency is unavailable: %s", type(exc).__name__, exc_info=exc)
+        exc = outage
     response = _drf_exception_handler(exc, context)
     if response is None:
         return None  # not a client error: Django's 500 handler answers (and logs) it
@@ -163,6 +198,16 @@ def not_found(request, exception=None):
 
 
 def server_error(request):
+    # Django calls this inside its `except` block: the exception is the one being handled.
+    outage = unavailable(sys.exc_info()[1]) if sys.exc_info()[1] is not None else None
+    if outage is not None:
+        if _is_api(request):
+            response = _json_error(503, outage.error_code, str(outage.detail))
+        else:
+            response = HttpResponse("The service is unavailable for a moment; try again shortly.",
+                                    status=503, content_type="text/plain; charset=utf-8")  # fmt: skip
+        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+        return response
     if not _is_api(request):
         from django.views.defaults import server_error as django_server_error
 

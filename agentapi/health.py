@@ -24,8 +24,15 @@ def live(request):
 
 
 def _check_database():
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        # These threads keep their connection between probes and no request ends here to close a
+        # broken one (Django's request_finished does that for request threads): close it, so that
+        # the next probe connects again once the database is back.
+        connection.close()
+        raise
 
 
 def _check_redis():
@@ -80,5 +87,7 @@ def ready(request):
     # How requests are limited now: shared through Redis, or the fail mode's way without it.
     redis_failed = "redis" in failed or ratelimit.redis_down()
     limits = "shared" if settings.REDIS_URL and not redis_failed else settings.RATE_LIMIT_FAIL_MODE
-    body = {"status": status, "checks": results, "rate_limits": limits}
+    from mcp.pool import breakers_mode
+
+    body = {"status": status, "checks": results, "rate_limits": limits, "breakers": breakers_mode()}
     return JsonResponse(body, status=503 if required_failed else 200)

@@ -626,6 +626,17 @@ _lock = threading.Lock()
 _runtime: tuple | None = None  # (pid, loop, pool, owned: whether the loop is the pool's own thread)
 
 
+def breakers_mode() -> str:
+    """How this process's breakers are kept: "shared" through Redis, or "local" while Redis is being
+    skipped after a failure (SharedRedis backs off a few seconds, then tries it again)."""
+    runtime = _runtime
+    if not settings.REDIS_URL:
+        return "local"
+    if runtime is None or runtime[0] != os.getpid():
+        return "shared"  # no breaker used yet in this process: the next one starts shared
+    return "shared" if runtime[2].redis.available else "local"
+
+
 def adopt_running_loop() -> None:
     """Make the running event loop the pool's (the web process, before it serves a request)."""
     global _runtime

@@ -564,15 +564,11 @@ async def message_send(request, session_id: str) -> dict:
             )  # fmt: skip
             try:
                 await queued
-            except Exception:
-                # The queue (Redis) is down: the run could not start. It is failed, not left running,
-                # and a retry with the same Idempotency-Key sends the message again.
-                log.exception("agent run not queued", extra={"run": str(run_id)})
-                await in_worker(runs.fail_unqueued)(run_id)
-                if record_id is not None:
-                    await in_worker(_forget_key)(principal, record_id)
-                raise APIError("queue_unavailable", "The run could not be queued; try again shortly.",
-                               status=503) from None  # fmt: skip
+            except Exception as exc:
+                # The broker (Redis) is down: the run waits, committed, and the reaper queues it
+                # again once the broker is back (runs.reap). The message is accepted all the same.
+                log.warning("agent run not queued; the reaper queues it again",
+                            extra={"run": str(run_id), "error": type(exc).__name__})  # fmt: skip
     return http.Answer(202, body)
 
 
@@ -594,13 +590,6 @@ def _first_answer(principal: Principal, key: str, fingerprint: str) -> tuple[int
     with scoping.organization_scope(principal.organization, actor=principal.actor):
         record = IdempotencyRecord.objects.filter(user_id=principal.membership.user_id, key=key).first()
         return None if record is None else idempotency.answer(record, fingerprint)
-
-
-def _forget_key(principal: Principal, record_id: int) -> None:
-    from tenants.models import IdempotencyRecord
-
-    with scoping.organization_scope(principal.organization, actor=principal.actor):
-        IdempotencyRecord.objects.filter(pk=record_id).delete()
 
 
 def rebuild_answer(run_id: str) -> tuple[int, dict]:

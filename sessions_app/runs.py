@@ -133,12 +133,15 @@ def _message_send(session: AgentSession, content: str) -> tuple[AgentMessage, Ag
 
 
 def _queue(task, organization_id: int, run_id: str) -> None:
+    """Send the committed run's task. The run's row is the durable record (an outbox): when the
+    broker cannot take the task now, the reaper queues it again once the broker is back (reap), so
+    the message is accepted either way and a client's retry never sends it twice."""
     try:
         task.delay(organization_id, run_id)
-    except Exception:
-        log.exception("agent run not queued", extra={"run": run_id})
-        fail_unqueued(run_id)
-        raise APIError("queue_unavailable", "The run could not be queued; try again shortly.", status=503) from None
+    except Exception as exc:
+        log.warning(
+            "agent run not queued; the reaper queues it again", extra={"run": run_id, "error": type(exc).__name__}
+        )
 
 
 def fail_unqueued(run_id) -> None:
@@ -670,15 +673,20 @@ async def _drive(run: AgentRun, key: str, prepared, node: str = "", forwarded: b
 
 
 def reap() -> dict:
-    """Fail every run that lost its worker (no heartbeat for AGENT_RUN_LOST_SECONDS) or that no
-    worker took within AGENT_RUN_QUEUE_SECONDS (the scheduled job; every organization)."""
+    """The scheduled job (every organization): queue again each run no worker has taken after
+    AGENT_RUN_REQUEUE_SECONDS (its task was lost: the broker was down when it was sent, or Redis
+    restarted without its queue); fail each run that lost its worker (no heartbeat for
+    AGENT_RUN_LOST_SECONDS) or that no worker took within AGENT_RUN_QUEUE_SECONDS. A run is claimed
+    once (_claim), so a task delivered twice runs it once."""
+    from sessions_app.tasks import agent_run
     from tenants import scoping
     from tenants.models import Organization
 
     now = timezone.now()
     lost_before = now - timedelta(seconds=settings.AGENT_RUN_LOST_SECONDS)
     queued_before = now - timedelta(seconds=settings.AGENT_RUN_QUEUE_SECONDS)
-    counts = {"lost": 0, "not_started": 0}
+    requeue_before = now - timedelta(seconds=settings.AGENT_RUN_REQUEUE_SECONDS)
+    counts = {"lost": 0, "not_started": 0, "requeued": 0}
     for organization in Organization.objects.all():
         with scoping.organization_scope(organization):
             running = AgentRun.objects.filter(status=RunStatus.RUNNING).select_related("backend")
@@ -688,4 +696,12 @@ def reap() -> dict:
             for run in running.filter(claimed_at__isnull=True, created_at__lt=queued_before):
                 error = {"code": "not_started", "message": "No worker took the run in time."}
                 counts["not_started"] += _finish(run, RunStatus.FAILED, error)
+            waiting = running.filter(claimed_at__isnull=True, created_at__lt=requeue_before)
+            for run_id in waiting.values_list("pk", flat=True):
+                try:
+                    agent_run.delay(organization.pk, str(run_id))
+                except Exception:  # the broker is still down: the next pass tries again
+                    log.warning("agent run not queued again", extra={"run": str(run_id)})
+                    break
+                counts["requeued"] += 1
     return counts

@@ -522,6 +522,13 @@ AGENT_BREAKER_RESET_SECONDS = env.float("AGENT_BREAKER_RESET_SECONDS", default=3
 AGENT_RUN_HEARTBEAT_SECONDS = env.float("AGENT_RUN_HEARTBEAT_SECONDS", default=2.0)
 AGENT_RUN_LOST_SECONDS = env.float("AGENT_RUN_LOST_SECONDS", default=30.0)
 AGENT_RUN_QUEUE_SECONDS = env.float("AGENT_RUN_QUEUE_SECONDS", default=600.0)
+# A run's task is queued after its message is committed. One no worker has taken after
+# AGENT_RUN_REQUEUE_SECONDS (the broker was down, or lost its queue when Redis restarted) is queued
+# again by the reaper (every AGENT_RUN_REAP_INTERVAL seconds); its claim makes a second delivery
+# harmless.
+AGENT_RUN_REQUEUE_SECONDS = env.float("AGENT_RUN_REQUEUE_SECONDS", default=20.0)
+AGENT_RUN_REAP_INTERVAL = env.float("AGENT_RUN_REAP_INTERVAL", default=10.0)
+CELERY_BEAT_SCHEDULE["reap-agent-runs"]["schedule"] = AGENT_RUN_REAP_INTERVAL
 # Terminal agents started per session from a template (sessions_app.terminals). Where such an agent
 # reaches the platform's session MCP endpoint (the data plane, as seen from the worker's host);
 # how long it may take to answer GET /status after starting, and to stop after SIGTERM; how long it

@@ -7,10 +7,10 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agentapi.errors import APIError
+from agentapi.errors import APIError, error_body
 from oauth import services
 from oauth.api import serializers as s
-from oauth.models import OAuthProvider, OAuthToken
+from oauth.models import OAuthProvider, OAuthToken, TokenStatus
 from tenants.api.base import IsOrganizationMember, TenantAPIViewMixin, TenantViewSet
 from tenants.idempotency import idempotent
 from tenants.models import MANAGER_ROLES
@@ -109,8 +109,19 @@ class OAuthTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenant
     @extend_schema(request=None, responses=s.OAuthTokenSerializer)
     @action(detail=True, methods=["post"], url_path="refresh")
     def refresh(self, request, pk=None):
-        token = services.refresh(token=self.get_object(), reason="requested", force=True)
-        return Response(s.OAuthTokenSerializer(token).data)
+        token = self.get_object()
+        generation = token.generation
+        token = services.refresh(token=token, reason="requested", force=True)
+        data = s.OAuthTokenSerializer(token).data
+        if token.status == TokenStatus.ACTIVE and token.generation == generation:
+            # The exchange failed (the provider was unreachable, timed out or answered an error):
+            # the connection keeps its current tokens. Answered, not raised, so that the failure's
+            # record (the count, last_error, the audit event) is committed with the request.
+            code = token.last_error.split(":", 1)[0]
+            body = error_body("refresh_failed", "The provider did not refresh the connection; it keeps its "
+                              "current tokens.", {"error": code, "token": data})  # fmt: skip
+            return Response(body, status=status.HTTP_502_BAD_GATEWAY)
+        return Response(data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request, pk=None):

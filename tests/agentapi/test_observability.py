@@ -50,7 +50,7 @@ def test_readiness_checks_database_redis_and_broker(client, db, settings):
     body = client.get("/health/ready/").json()
     assert body["status"] == "ok", body
     assert {name for name, check in body["checks"].items() if check["ok"]} == {"database", "redis", "broker"}
-    assert body["rate_limits"] == "shared"
+    assert body["rate_limits"] == "shared" and body["breakers"] == "shared"
 
 
 def test_readiness_is_degraded_when_redis_is_down_and_503_where_it_is_required(client, db, settings):

@@ -5,6 +5,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agentapi.urls import handler400, handler403, handler404, handler500  # noqa: F401 (the platform's error answers)
 from agentapi.urls import urlpatterns as platform_urls
 from tenants.api.base import IsOrganizationMember, TenantAPIViewMixin
 from tenants.api.serializers import APIKeySerializer

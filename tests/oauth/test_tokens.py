@@ -4,13 +4,14 @@ OAuth reached with the connected user's token; and provider quirks (a GitHub dou
 
 import datetime
 import json
+import socket
 
 from django.test import Client
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from oauth import services
-from oauth.models import OAuthToken
+from oauth.models import OAuthProvider, OAuthToken
 from tenants import scoping
 from tests.conftest import committed, error_of
 from tests.oauth.conftest import connect, make_provider
@@ -45,6 +46,28 @@ def test_a_forced_refresh_rotates_the_refresh_token_and_never_reuses_it(alice_ap
     with scoping.organization_scope(acme):
         token.refresh_from_db()
     assert token.status == "active" and oauth_server.stats()["token:refresh_token"] == 2
+
+
+def test_a_forced_refresh_the_provider_does_not_answer_is_a_502_and_keeps_the_tokens(alice_api, oauth_server, acme):
+    token = connected_token(alice_api, oauth_server, acme)
+    old_access = token.access_token()
+    with socket.socket() as closed:  # a port nothing listens on: the provider is down
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with scoping.organization_scope(acme):
+        OAuthProvider.objects.filter(pk=token.provider_id).update(token_endpoint=f"http://127.0.0.1:{port}/token")
+    response = alice_api.post(f"/api/v1/oauth/tokens/{token.pk}/refresh/")
+    assert response.status_code == 502
+    body = response.json()["error"]
+    assert body["code"] == "refresh_failed" and body["details"]["error"] == "provider_unreachable"
+    assert body["details"]["token"]["status"] == "active" and "access_token" not in json.dumps(body)
+    # The failure is on record (the request's transaction was committed, not rolled back).
+    with scoping.organization_scope(acme):
+        token.refresh_from_db()
+        event = AuditEvent.objects.filter(action="oauth.token.refresh").latest("id")
+    assert token.status == "active" and token.access_token() == old_access
+    assert token.refresh_failures == 1 and token.last_error.startswith("provider_unreachable")
+    assert event.outcome == "failure" and event.details["error"] == "provider_unreachable"
 
 
 def test_an_expired_token_is_refreshed_on_demand_once(alice_api, oauth_server, acme, alice):

@@ -157,6 +157,37 @@ def test_a_worker_killed_mid_run_leaves_it_failed_never_running_and_never_replay
     assert all(KEY not in output for output in worker_log)
 
 
+def test_a_run_whose_task_the_broker_lost_is_queued_again_by_the_reaper_and_runs_once(
+    alice_api, acme, double, mcp_settings, settings
+):
+    # Before the module's worker starts: nothing takes the task, which is then lost as Redis loses
+    # its queue when it restarts without persistence (tests/faults/run.py does that for real).
+    import redis
+
+    session = open_session(alice_api, backend(alice_api, double))
+    sent = send(alice_api, session, "Is anyone there?")
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    assert broker.delete("celery") == 1  # the queue held the run's task, and now holds nothing
+    settings.AGENT_RUN_REQUEUE_SECONDS = 0.5
+    time.sleep(0.6)
+    assert runs.reap()["requeued"] == 1  # the run's row was the durable record
+    assert runs.reap()["requeued"] == 1  # not taken yet: sent again (its claim makes that harmless)
+    late = start_worker()
+    try:
+        ended = finished(alice_api, session, sent["run"]["id"], timeout=30)
+    finally:
+        late.terminate()
+        late.communicate(timeout=30)
+    assert ended["status"] == "completed", ended
+    assert runs.reap()["requeued"] == 0
+    with scoping.organization_scope(acme):
+        roles = list(
+            AgentMessage.objects.filter(session_id=session["id"]).order_by("seq").values_list("role", flat=True)
+        )
+    assert roles == ["user", "assistant"]  # answered once, though its task was delivered twice
+    assert len([r for r in double.requests if r["path"].endswith("/chat/completions")]) == 1
+
+
 def test_a_run_calls_two_tools_on_two_servers_with_the_users_oauth_token(
     alice_api, acme, double, worker, http_server, oauth_server, mcp_settings
 ):
