@@ -51,6 +51,11 @@ def _check_broker():
 
 CHECKS = {"database": _check_database, "redis": _check_redis, "broker": _check_broker}
 
+# More of the process's state for readiness to show, registered by the apps that own it (agentapi
+# imports no app): name -> a function answering at once, without I/O. The MCP pool's breakers
+# ("shared" through Redis, or "local") are one.
+REPORTS: dict = {}
+
 
 # Threads of their own (each keeps its database connection), so that a hanging check holds none
 # of the web process's request threads; one per check, so that one hanging cannot delay another.
@@ -87,7 +92,6 @@ def ready(request):
     # How requests are limited now: shared through Redis, or the fail mode's way without it.
     redis_failed = "redis" in failed or ratelimit.redis_down()
     limits = "shared" if settings.REDIS_URL and not redis_failed else settings.RATE_LIMIT_FAIL_MODE
-    from mcp.pool import breakers_mode
-
-    body = {"status": status, "checks": results, "rate_limits": limits, "breakers": breakers_mode()}
+    body = {"status": status, "checks": results, "rate_limits": limits}
+    body |= {name: report() for name, report in REPORTS.items()}
     return JsonResponse(body, status=503 if required_failed else 200)

@@ -16,3 +16,8 @@ class MCPConfig(AppConfig):
         from oauth.api.views import AUTHORIZE_TARGETS
 
         AUTHORIZE_TARGETS["mcp_configuration"] = resolve_authorize_target
+
+        from agentapi.health import REPORTS
+        from mcp.pool import breakers_mode
+
+        REPORTS["breakers"] = breakers_mode
