@@ -70,6 +70,12 @@ def _timed(check):
 
 @transaction.non_atomic_requests
 def ready(request):
+    body = readiness()
+    return JsonResponse(body, status=503 if body["status"] == "unavailable" else 200)
+
+
+def readiness() -> dict:
+    """The readiness answer's body (the admin console shows it too)."""
     futures = {name: _executor.submit(_timed, check) for name, check in CHECKS.items()}
     wait(futures.values(), timeout=settings.READINESS_TIMEOUT)
     results, failed = {}, []
@@ -94,4 +100,4 @@ def ready(request):
     limits = "shared" if settings.REDIS_URL and not redis_failed else settings.RATE_LIMIT_FAIL_MODE
     body = {"status": status, "checks": results, "rate_limits": limits}
     body |= {name: report() for name, report in REPORTS.items()}
-    return JsonResponse(body, status=503 if required_failed else 200)
+    return body

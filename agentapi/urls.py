@@ -5,12 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from agentapi import errors, health, metrics
 
-# The admin says whose it is, and its "View site" link leads to the API docs (there is no site
-# at "/" to view).
-admin.site.site_header = "AgentAPI administration"
-admin.site.site_title = "AgentAPI"
-admin.site.site_url = "/api/docs/"
-
+# admin.site is the operators' console (console.sites.ConsoleSite: its name, its dashboard).
 api_v1 = [
     path("", include("tenants.api.urls")),
     path("", include("audit.api.urls")),

@@ -89,6 +89,8 @@ class AuditEvent(models.Model):
             models.Index(fields=["id"], name="audit_unchained", condition=models.Q(hash__isnull=True)),
             models.Index(fields=["organization", "action"], name="audit_org_action"),
             models.Index(fields=["organization", "target_type", "target_id"], name="audit_org_target"),
+            # The console's tool calls of the last 24 hours (one action, a time range).
+            models.Index(fields=["action", "occurred_at"], name="audit_action_time"),
         ]
 
     def __str__(self):

@@ -136,3 +136,19 @@ async def audit_record_async(action: str, *, also: list | None = None, **kwargs)
 @functools.cache
 def _insert_statement(names: tuple[str, ...]) -> aio.Statement:
     return aio.Statement(f"agentapi_audit_insert_{len(names)}", aio.insert_sql(AuditEvent, list(names)))
+
+
+def audit_chain_verify(organization_id: int) -> tuple[int, object]:
+    """Walk the organization's hash chain (audit.chain.verify) and put the verification itself on
+    record (`audit.chain.verify`, failure when a link is broken): the console shows the last one.
+    Returns (events checked, first break or None)."""
+    from audit import chain
+
+    checked, first_break = chain.verify(organization_id)
+    audit_record(
+        "audit.chain.verify",
+        organization_id=organization_id,
+        outcome=Outcome.FAILURE if first_break else Outcome.SUCCESS,
+        details={"checked": checked, "first_break": first_break.as_dict() if first_break else None},
+    )
+    return checked, first_break

@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from agentapi.errors import APIError
 from mcp import health, services
 from mcp.models import MCPConfiguration, StdioTemplate, ToolPin
-from tenants.admin import TenantScopedAdmin, form_error
+from tenants.admin import ORGANIZATION_FILTER, TenantScopedAdmin, form_error
 
 
 class MCPConfigurationForm(forms.ModelForm):
@@ -64,7 +64,7 @@ class MCPConfigurationForm(forms.ModelForm):
 class MCPConfigurationAdmin(TenantScopedAdmin):
     form = MCPConfigurationForm
     list_display = ["name", "organization", "transport", "auth_type", "enabled", "status", "last_checked_at", "owner"]
-    list_filter = ["transport", "auth_type", "enabled", "status"]
+    list_filter = ["status", "enabled", "transport", "auth_type", ORGANIZATION_FILTER]
     search_fields = ["name", "url", "organization__slug"]
     readonly_fields = [
         "status",
@@ -77,6 +77,9 @@ class MCPConfigurationAdmin(TenantScopedAdmin):
         "updated_at",
     ]
     actions = ["enable_configurations", "check_configurations"]
+
+    def lookup_allowed(self, lookup, value, request=None):
+        return lookup == "id__in" or super().lookup_allowed(lookup, value, request)  # the console's open breakers
 
     def save_model(self, request, obj, form, change):
         services.mcp_configuration_save(configuration=obj, changed=set(form.changed_data), secrets=form._secrets)

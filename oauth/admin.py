@@ -6,7 +6,7 @@ from django.contrib import admin
 
 from oauth import services
 from oauth.models import OAuthProvider, OAuthToken
-from tenants.admin import TenantScopedAdmin
+from tenants.admin import ORGANIZATION_FILTER, TenantScopedAdmin
 
 
 class OAuthProviderForm(forms.ModelForm):
@@ -59,7 +59,7 @@ class OAuthProviderAdmin(TenantScopedAdmin):
 @admin.register(OAuthToken)
 class OAuthTokenAdmin(TenantScopedAdmin):
     list_display = ["user", "provider", "status", "expires_at", "refreshed_at", "organization"]
-    list_filter = ["status"]
+    list_filter = ["status", ORGANIZATION_FILTER]
     search_fields = ["user__email", "provider__name"]
     fields = [
         "organization",

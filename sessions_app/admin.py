@@ -21,7 +21,7 @@ from sessions_app.models import (
     SystemPrompt,
 )
 from tenants import scoping
-from tenants.admin import TenantScopedAdmin, form_error
+from tenants.admin import ORGANIZATION_FILTER, TenantScopedAdmin, form_error
 from tenants.models import Membership
 
 
@@ -148,7 +148,7 @@ class AgentRunInline(_ReadOnlyInline):
 @admin.register(AgentSession)
 class AgentSessionAdmin(TenantScopedAdmin):
     list_display = ["__str__", "organization", "user", "status", "created_at", "last_active_at", "expires_at"]
-    list_filter = ["status"]
+    list_filter = ["status", ORGANIZATION_FILTER]
     search_fields = ["name", "user__email"]
     date_hierarchy = "created_at"
     readonly_fields = [
@@ -296,7 +296,7 @@ class AgentRunAdmin(TenantScopedAdmin):
 
     list_display = ["id", "session", "organization", "status", "steps", "tool_calls", "input_tokens",
                     "output_tokens", "first_event_ms", "created_at", "finished_at"]  # fmt: skip
-    list_filter = ["status"]
+    list_filter = ["status", ORGANIZATION_FILTER]
     search_fields = ["id", "session__name", "session__user__email"]
     date_hierarchy = "created_at"
     fields = ["id", "organization", "session", "backend", "status", "error", "steps", "tool_calls", "input_tokens",

@@ -3,6 +3,7 @@ from django.apps import AppConfig
 
 class SessionsConfig(AppConfig):
     name = "sessions_app"
+    verbose_name = "Agents and sessions"
 
     def ready(self):
         from tenants import idempotency

@@ -50,7 +50,7 @@ OUTBOUND_ALLOWED_NETWORKS = parse_networks(env.list("OUTBOUND_ALLOWED_NETWORKS",
 OUTBOUND_TIMEOUT = env.float("OUTBOUND_TIMEOUT", default=10.0)  # seconds, OAuth providers and discovery
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "console.apps.ConsoleAdminConfig",  # django.contrib.admin, its index the operators' dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -149,5 +149,8 @@ def test_verify_audit_log_reports_waiting_events_and_can_chain_them_first(acme, 
     assert "Waiting to be chained: " in capsys.readouterr().out
     call_command("verify_audit_log", "--chain-first")
     out = capsys.readouterr().out
-    # What waits afterwards is the command's own record of crossing organizations to verify.
-    assert "Chained 3 waiting event(s)." in out and "Waiting to be chained: 1 " in out
+    # Chained: the write, the first run's record of crossing organizations and its record of each
+    # chain it verified (acme's, the platform's). What waits afterwards is the second run's crossing.
+    assert "Chained 5 waiting event(s)." in out and "Waiting to be chained: 1 " in out
+    with scoping.organization_scope(acme):
+        assert AuditEvent.objects.filter(action="audit.chain.verify", outcome="success").count() == 2

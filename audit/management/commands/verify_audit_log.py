@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit import chain, sequencer
 from audit.models import AuditEvent
+from audit.services import audit_chain_verify
 from tenants import scoping
 from tenants.models import Organization
 
@@ -34,7 +35,7 @@ class Command(BaseCommand):
                 chains = list(AuditEvent.objects.values_list("organization_id", flat=True).distinct().order_by())
             total, breaks = 0, []
             for organization_id in chains:
-                checked, first_break = chain.verify(organization_id)
+                checked, first_break = audit_chain_verify(organization_id)
                 total += checked
                 if first_break:
                     breaks.append(first_break)
