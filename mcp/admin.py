@@ -76,7 +76,7 @@ class MCPConfigurationAdmin(TenantScopedAdmin):
         "created_at",
         "updated_at",
     ]
-    actions = ["enable_configurations", "check_configurations"]
+    actions = ["check_configurations", "enable_configurations", "disable_configurations"]
 
     def lookup_allowed(self, lookup, value, request=None):
         return lookup == "id__in" or super().lookup_allowed(lookup, value, request)  # the console's open breakers
@@ -98,13 +98,31 @@ class MCPConfigurationAdmin(TenantScopedAdmin):
             services.mcp_configuration_enable(configuration=configuration)
         self.message_user(request, f"Enabled {queryset.count()} configuration(s).")
 
-    @admin.action(description="Check the selected configurations now")
+    @admin.action(description="Disable the selected configurations (calls to them are refused)")
+    def disable_configurations(self, request, queryset):
+        for configuration in queryset:
+            services.mcp_configuration_disable(configuration=configuration)
+        self.message_user(request, f"Disabled {queryset.count()} configuration(s).")
+
+    @admin.action(description="Test the selected configurations now (connect, list tools)")
     def check_configurations(self, request, queryset):
+        from audit.services import audit_record
+
         for configuration in queryset.select_related("stdio_template", "organization"):
-            ok = health.check(configuration)
+            try:
+                ok = health.check(configuration)
+            except APIError as exc:  # a configuration problem (an unreadable credential, a missing command)
+                services.mcp_configuration_record_check(
+                    configuration=configuration, ok=False, error=f"{exc.error_code}: {exc.detail}"
+                )
+                ok = False
+            configuration.refresh_from_db(fields=["last_error", "status"])
+            audit_record("mcp.configuration.test", target=configuration, organization_id=configuration.organization_id,
+                         outcome="success" if ok else "failure",
+                         details={"via": "admin", "error": configuration.last_error[:200]})  # fmt: skip
             self.message_user(
                 request,
-                f"{configuration.name}: {'healthy' if ok else 'unhealthy'}",
+                f"{configuration.name}: {'healthy' if ok else 'unhealthy: ' + configuration.last_error}",
                 messages.SUCCESS if ok else messages.WARNING,
             )
 

@@ -233,6 +233,22 @@ def mcp_configuration_enable(*, configuration: MCPConfiguration) -> MCPConfigura
 
 
 @transaction.atomic
+def mcp_configuration_disable(*, configuration: MCPConfiguration) -> MCPConfiguration:
+    """Disable a configuration by hand (an operator's decision): calls to it are refused until it is
+    enabled again, and its pooled sessions are replaced (its revision changes)."""
+    configuration = MCPConfiguration.objects.select_for_update().get(pk=configuration.pk)
+    if not configuration.enabled:
+        return configuration
+    configuration.enabled, configuration.status = False, Status.DISABLED
+    configuration.revision += 1
+    configuration.save(update_fields=["enabled", "status", "revision", "updated_at"])
+    audit_record(
+        "mcp.configuration.disable", target=configuration, organization_id=configuration.organization_id, details={}
+    )
+    return configuration
+
+
+@transaction.atomic
 def mcp_configuration_record_check(*, configuration: MCPConfiguration, ok: bool, error: str = "") -> MCPConfiguration:
     """Record a health check. After MCP_HEALTH_DISABLE_AFTER failures in a row the configuration is
     disabled (audited) until an admin enables it again."""

@@ -1,11 +1,11 @@
 """The admin for OAuth: providers with a write-only client secret; connections read-only, without
-any token, with a revoke action. Writes go through oauth.services (checks, sealing, audit)."""
+any token, with refresh and revoke actions. Writes go through oauth.services (checks, sealing, audit)."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from oauth import services
-from oauth.models import OAuthProvider, OAuthToken
+from oauth.models import OAuthProvider, OAuthToken, TokenStatus
 from tenants.admin import ORGANIZATION_FILTER, TenantScopedAdmin
 
 
@@ -74,13 +74,24 @@ class OAuthTokenAdmin(TenantScopedAdmin):
         "created_at",
     ]
     readonly_fields = fields
-    actions = ["revoke"]
+    actions = ["refresh", "revoke"]
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.action(description="Refresh the selected connections now (at the provider)")
+    def refresh(self, request, queryset):
+        for token in queryset.select_related("provider"):
+            generation = token.generation
+            token = services.refresh(token=token, reason="admin", force=True)  # audited there
+            if token.status == TokenStatus.ACTIVE and token.generation != generation:
+                self.message_user(request, f"{token}: refreshed.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{token}: not refreshed ({token.status}; {token.last_error or 'no error'}).",
+                                  messages.WARNING)  # fmt: skip
 
     @admin.action(description="Revoke the selected connections (at the provider, then here)")
     def revoke(self, request, queryset):

@@ -37,5 +37,7 @@ class SessionOrganizationMiddleware:
             first_time = not request.session.get(CROSSING_RECORDED_KEY)
             if first_time:
                 request.session[CROSSING_RECORDED_KEY] = True
-            return scoping.dangerously_all_organizations(reason="operator admin session", record=first_time)
+            return scoping.dangerously_all_organizations(
+                reason="operator admin session", record=first_time, actor=actor_for(user)
+            )
         return scoping.organizations_scope(manageable_organization_ids(user), actor=actor_for(user))

@@ -114,13 +114,14 @@ def organizations_scope(organization_ids, *, actor: Actor | None = None):
 
 
 @contextmanager
-def dangerously_all_organizations(*, reason: str, record: bool = True):
+def dangerously_all_organizations(*, reason: str, record: bool = True, actor: Actor | None = None):
     """See every organization's rows. Recorded in the audit log with the reason given.
 
     For platform operators and platform-wide jobs only; never on a path a tenant's request drives
-    without an operator's role checked first.
+    without an operator's role checked first. `actor`: who acts (an operator in the admin); what is
+    recorded within is theirs, the crossing too.
     """
-    state = replace(_state.get(), all_organizations=True)
+    state = replace(_state.get(), all_organizations=True, **({"actor": actor} if actor is not None else {}))
     if record:
         for recorder in _crossing_recorders:
             recorder(reason=reason, actor=state.actor)

@@ -75,6 +75,10 @@ def figure(page: str, label: str) -> tuple[str, str]:
 def test_an_operator_sees_every_organization_and_narrows_to_one(operator, acme, globex, landscape):
     client = signed_in("operator@platform.test")
     page = client.get("/admin/").content.decode()
+    # The operator's crossing into every organization is on record as theirs, not the system's.
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        crossing = AuditEvent.objects.filter(action="tenants.scope.cross_organizations").latest("id")
+    assert crossing.actor_label == "operator@platform.test" and crossing.details["reason"] == "operator admin session"
     assert "AgentAPI console" in page and "API documentation" in page and "View site" not in page
     assert figure(page, "healthy")[1] == "2" and figure(page, "failing")[1] == "1"
     assert figure(page, "disabled")[1] == "1" and figure(page, "active-sessions")[1] == "2"

@@ -1,0 +1,1 @@
+from tests.mcp.conftest import http_server, mcp_settings  # noqa: F401 (fixtures)
