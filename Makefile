@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents load faults clean
+.PHONY: run test lint lock bench bench-mcp bench-prompts bench-sessions bench-agents bench-console load faults clean
 
 $(BIN)/.installed: requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-sessions: $(BIN)/.installed
 
 bench-agents: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_agents.py
+
+# The console's dashboard with 100,000 audit events and 1,000 sessions, against the stock app index.
+bench-console: $(BIN)/.installed
+	$(BIN)/python tests/services.py -- $(BIN)/python tests/benchmarks/bench_console.py
 
 load: $(BIN)/.installed
 	$(BIN)/python tests/services.py -- $(BIN)/python tests/load/run.py

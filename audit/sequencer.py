@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from agentapi.db.scope import DatabaseScope, use_scope
 from audit import chain
-from audit.models import AuditEvent
+from audit.models import AuditEvent, ToolCallHour
 from tenants import scoping
 
 # Advisory-lock key of the sequencer ("AU", "SQ").
@@ -81,4 +81,26 @@ def _extend_batch(batch_size: int) -> int | None:
                 "WHERE id = %s AND hash IS NULL",
                 rows,
             )
+            _add_tool_calls(cursor, events)
         return len(rows)
+
+
+def _add_tool_calls(cursor, events) -> None:
+    """Count the batch's tool calls into their servers' hours (audit.models.ToolCallHour), in the
+    chaining transaction: an event is chained once, so it is counted once."""
+    hours: dict[tuple[int, str, object], list[int]] = {}
+    for event in events:
+        if event.action == "mcp.tool.call" and event.organization_id is not None:
+            hour = event.occurred_at.replace(minute=0, second=0, microsecond=0)
+            counts = hours.setdefault((event.organization_id, event.target_id, hour), [0, 0])
+            counts[0] += 1
+            counts[1] += event.outcome != "success"
+    if not hours:
+        return
+    table = ToolCallHour._meta.db_table
+    cursor.executemany(
+        f'INSERT INTO "{table}" (organization_id, target_id, hour, calls, errors) VALUES (%s, %s, %s, %s, %s) '  # noqa: S608
+        f'ON CONFLICT (organization_id, target_id, hour) DO UPDATE SET calls = "{table}".calls + excluded.calls, '
+        f'errors = "{table}".errors + excluded.errors',
+        [(*key, calls, errors) for key, (calls, errors) in hours.items()],
+    )

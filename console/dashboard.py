@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Count, Q
-from django.db.models.functions import TruncHour
 from django.urls import reverse
 from django.utils import timezone
 
@@ -154,28 +153,23 @@ def _open_breakers(configurations) -> list[tuple[int, str]]:
 
 
 def _tool_calls(scoped, configurations, now):
-    """Tool calls and their failures in the last HOURS hours, per server and hour, from the audit
-    log (every call is an audit event): one grouped query."""
-    from audit.models import AuditEvent
+    """Tool calls and their failures in the last HOURS hours, per server and hour: the sequencer's
+    hourly counts (audit.models.ToolCallHour; an event is counted once chained, within seconds)."""
+    from audit.models import ToolCallHour
 
     start = (now - timedelta(hours=HOURS - 1)).replace(minute=0, second=0, microsecond=0)
-    rows = (
-        scoped(AuditEvent.objects.filter(action="mcp.tool.call", occurred_at__gte=start))
-        .annotate(hour=TruncHour("occurred_at"))
-        .values("target_id", "hour")
-        .annotate(calls=Count("id"), errors=Count("id", filter=~Q(outcome="success")))
-    )
+    rows = scoped(ToolCallHour.objects.filter(hour__gte=start)).values_list("target_id", "hour", "calls", "errors")
     names = {str(pk): (pk, name, org) for pk, name, org in configurations}
     servers: dict[str, Server] = {}
     hourly: dict[str, dict[int, tuple[int, int]]] = {}
-    for row in rows:
-        key = row["target_id"]
+    for key, hour, calls, errors in rows:
         pk, name, org = names.get(key, (None, f"server {key} (removed)", ""))
         server = servers.setdefault(key, Server(id=pk or 0, name=name, organization=org))
-        server.calls += row["calls"]
-        server.errors += row["errors"]
-        slot = int((row["hour"] - start).total_seconds() // 3600)
-        hourly.setdefault(key, {})[slot] = (row["calls"], row["errors"])
+        server.calls += calls
+        server.errors += errors
+        slot = int((hour - start).total_seconds() // 3600)
+        previous = hourly.setdefault(key, {}).get(slot, (0, 0))
+        hourly[key][slot] = (previous[0] + calls, previous[1] + errors)
     ranked = sorted(servers.items(), key=lambda item: -item[1].calls)
     for key, server in ranked[:TOP_SERVERS]:
         peak = max((calls for calls, _ in hourly[key].values()), default=0) or 1
@@ -189,16 +183,31 @@ def _tool_calls(scoped, configurations, now):
             sum(s.errors for s in servers.values()))  # fmt: skip
 
 
-def _audit(scoped, link, chosen, organizations, now) -> list[Figure]:
-    from audit import chain
+WAITING_CAP = 10_000  # counted exactly up to this many; "10000+" beyond (a sequencer that stopped)
+
+
+def _waiting(chosen, now) -> tuple[str, float | None]:
+    """Events not chained yet, and the oldest one's age: both on the sequencer's partial index, the
+    count capped so that a backlog does not make the page slow."""
     from audit.models import AuditEvent
 
-    waiting = chain.waiting(chosen, every_chain=chosen is None)
-    age = (now - waiting.oldest).total_seconds() if waiting.oldest else None
+    events = AuditEvent.objects.filter(hash__isnull=True)
+    if chosen:
+        events = events.filter(organization_id=chosen)
+    count = events.order_by().values("id")[: WAITING_CAP + 1].count()
+    oldest = events.order_by("id").values_list("occurred_at", flat=True).first()
+    age = (now - oldest).total_seconds() if oldest else None
+    return (f"{WAITING_CAP}+" if count > WAITING_CAP else str(count)), age
+
+
+def _audit(scoped, link, chosen, organizations, now) -> list[Figure]:
+    from audit.models import AuditEvent
+
+    waiting, age = _waiting(chosen, now)
     last = scoped(AuditEvent.objects.filter(action="audit.chain.verify")).order_by("-id").first()
     verified = "never" if last is None else f"{timezone.localtime(last.occurred_at):%Y-%m-%d %H:%M} ({last.outcome})"
     return [
-        Figure("Events waiting to be chained", waiting.count, link("audit.auditevent", chained="no"),
+        Figure("Events waiting to be chained", waiting, link("audit.auditevent", chained="no"),
                "bad" if age and age > 60 else "", f"oldest {age:.0f} s" if age is not None else ""),
         Figure("Last verification", verified, link("audit.auditevent", action="audit.chain.verify"),
                "bad" if last is not None and last.outcome != "success" else ""),

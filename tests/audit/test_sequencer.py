@@ -154,3 +154,24 @@ def test_verify_audit_log_reports_waiting_events_and_can_chain_them_first(acme, 
     assert "Chained 5 waiting event(s)." in out and "Waiting to be chained: 1 " in out
     with scoping.organization_scope(acme):
         assert AuditEvent.objects.filter(action="audit.chain.verify", outcome="success").count() == 2
+
+
+def test_tool_calls_are_counted_into_their_hours_once_as_they_are_chained(acme, globex):
+    from audit.models import ToolCallHour
+    from mcp.models import MCPConfiguration
+
+    for organization, outcomes in ((acme, ["success", "success", "failure", "denied"]), (globex, ["success"])):
+        with scoping.organization_scope(organization):
+            server = MCPConfiguration.objects.create(organization=organization, name="s", url="http://127.0.0.1:9/")
+            for outcome in outcomes:
+                audit_record("mcp.tool.call", target=server, organization_id=organization.pk, outcome=outcome)
+            audit_record("mcp.configuration.update", target=server, organization_id=organization.pk)
+    with scoping.organization_scope(acme):
+        assert not ToolCallHour.objects.exists()  # not chained yet: not counted yet
+    sequencer.audit_chain_extend(batch_size=3)  # batches split the calls: each is counted once
+    sequencer.audit_chain_extend()
+    with scoping.organization_scope(acme):
+        rows = list(ToolCallHour.objects.values_list("calls", "errors"))
+    assert rows == [(4, 2)]  # one server, one hour: 4 calls, a failure and a refusal
+    with scoping.organization_scope(globex):
+        assert list(ToolCallHour.objects.values_list("calls", "errors")) == [(1, 0)]  # its own only
