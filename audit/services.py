@@ -81,6 +81,10 @@ def audit_event_fields(
 ) -> dict:
     """The event's columns (unchained), for the organization in scope unless one is given."""
     state = scoping.current()
+    if organization_id is None and target is not None and not isinstance(target, tuple):
+        # The row's own organization: under a scope of several (staff or an operator in the admin)
+        # there is no single organization in scope to take it from.
+        organization_id = getattr(target, "organization_id", None)
     if organization_id is None and state.organization is not None:
         organization_id = state.organization.pk
     target_type, target_id = _target(target)

@@ -61,6 +61,7 @@ class OAuthTokenAdmin(TenantScopedAdmin):
     list_display = ["user", "provider", "status", "expires_at", "refreshed_at", "organization"]
     list_filter = ["status", ORGANIZATION_FILTER]
     search_fields = ["user__email", "provider__name"]
+    date_hierarchy = "created_at"
     fields = [
         "organization",
         "user",

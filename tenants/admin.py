@@ -325,6 +325,7 @@ class APIKeyAdmin(TenantScopedAdmin):
     ]
     list_filter = [ORGANIZATION_FILTER, ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "membership__user__email"]
+    date_hierarchy = "created_at"
     list_select_related = ["membership__user", "organization"]
     # A key never changes hands: its member is fixed once it is made.
     readonly_fields = ["prefix", "membership", "organization", "created_at", "created_by", "revoked_at", "last_used_at"]
