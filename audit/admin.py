@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from audit.models import AuditEvent
-from tenants.admin import ORGANIZATION_FILTER
+from tenants.admin import ORGANIZATION_FILTER, NotFoundIs404
 
 
 class ChainedFilter(admin.SimpleListFilter):
@@ -18,7 +18,7 @@ class ChainedFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(NotFoundIs404, admin.ModelAdmin):
     """Read-only: the log is append-only, here as in the database."""
 
     list_display = [

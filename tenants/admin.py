@@ -25,6 +25,30 @@ def form_error(exc: APIError, form: forms.Form) -> forms.ValidationError:
     )
 
 
+class NotFoundIs404:
+    """Another organization's row (or none at all) is 404 in the admin as in the API; the stock
+    admin would redirect to its index saying that the object does not exist."""
+
+    def _found_or_404(self, request, object_id) -> None:
+        from django.contrib.admin.utils import unquote
+        from django.http import Http404
+
+        if self.get_object(request, unquote(object_id)) is None:
+            raise Http404("Not found.")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._found_or_404(request, object_id)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        self._found_or_404(request, object_id)
+        return super().delete_view(request, object_id, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        self._found_or_404(request, object_id)
+        return super().history_view(request, object_id, extra_context)
+
+
 class OrganizationFilter(admin.RelatedFieldListFilter):
     """Filter by organization, listing only the organizations the signed-in person may see: the
     stock filter lists every row of the table, which would name other tenants to staff."""
@@ -39,7 +63,7 @@ class OrganizationFilter(admin.RelatedFieldListFilter):
 ORGANIZATION_FILTER = ("organization", OrganizationFilter)
 
 
-class TenantScopedAdmin(admin.ModelAdmin):
+class TenantScopedAdmin(NotFoundIs404, admin.ModelAdmin):
     """Operators may do anything; staff who manage an organization may manage its rows."""
 
     def _may_manage(self, request) -> bool:
@@ -173,7 +197,7 @@ class OrganizationForm(_RateLimitFields, forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(NotFoundIs404, admin.ModelAdmin):
     form = OrganizationForm
     fieldsets = [
         (None, {"fields": ["slug", "name", "is_active", "settings", "created_at"]}),

@@ -196,15 +196,37 @@ def test_every_admin_page_answers_as_it_should_for_operators_and_staff(operator,
         assert operator_client.get(f"{base}add/").status_code == (403 if label in NOT_ADDED else 200), label
         if any_row is not None:
             assert operator_client.get(f"{base}{any_row.pk}/change/").status_code == 200, label
-        # Staff: 403 where the model is the operators', their rows otherwise, another's never.
+        # Staff: 403 where the model is the operators'; otherwise their rows, and another
+        # organization's row is not found (404).
         listed = staff_client.get(base)
         if label in OPERATORS_ONLY:
             assert listed.status_code == 403, label
+            assert staff_client.get(f"{base}add/").status_code == 403, label
+            if any_row is not None:
+                assert staff_client.get(f"{base}{any_row.pk}/change/").status_code in (403, 404), label
         else:
             assert listed.status_code == 200, label
             assert "globex" not in listed.content.decode().lower(), label
+            expected_add = 403 if label in NOT_ADDED or label == "tenants.organization" else 200
+            assert staff_client.get(f"{base}add/").status_code == expected_add, label
+            with scoping.dangerously_all_organizations(reason="test", record=False):
+                own = _row_of(model, acme)
+                foreign = _row_of(model, globex)
+            if own is not None:
+                assert staff_client.get(f"{base}{own.pk}/change/").status_code == 200, label
+            if foreign is not None:
+                assert staff_client.get(f"{base}{foreign.pk}/change/").status_code == 404, label
         walked += 1
     assert walked >= 20
-    # Another organization's row is not found for staff (the admin redirects to its index, saying so).
-    other = staff_client.get(f"/admin/mcp/mcpconfiguration/{globex_server.pk}/change/")
-    assert other.status_code == 302 and "globex" not in staff_client.get(other.url).content.decode()
+    assert staff_client.get(f"/admin/mcp/mcpconfiguration/{globex_server.pk}/change/").status_code == 404
+    assert staff_client.get(f"/admin/mcp/mcpconfiguration/{globex_server.pk}/delete/").status_code == 404
+    assert staff_client.get(f"/admin/mcp/mcpconfiguration/{globex_server.pk}/history/").status_code == 404
+
+
+def _row_of(model, organization):
+    """A row of `model` belonging to `organization` (the organization itself for Organization)."""
+    if model._meta.label_lower == "tenants.organization":
+        return organization
+    if not any(field.name == "organization" for field in model._meta.fields):
+        return None
+    return model._default_manager.filter(organization=organization).order_by("pk").first()
