@@ -27,3 +27,24 @@ def _adopt_request_id(task=None, **_):
 
     request_id = getattr(task.request, "request_id", None) if task else None
     bind_request(request_id=request_id)
+
+
+@signals.task_prerun.connect
+def _usable_database(**_):
+    """Before a task: drop a connection that is too old or broke (PostgreSQL restarted meanwhile),
+    with one round trip for a connection kept from an earlier task, so the task starts on a working
+    one. What Django does around a request, with the health check CONN_HEALTH_CHECKS would add."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+
+
+@signals.task_postrun.connect
+def _release_database(**_):
+    """After a task: close what is obsolete or failed (CONN_MAX_AGE, errors), keep the rest."""
+    from django.db import close_old_connections
+
+    close_old_connections()

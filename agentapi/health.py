@@ -25,14 +25,19 @@ def live(request):
 
 def _check_database():
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        _select_one()
     except Exception:
-        # These threads keep their connection between probes and no request ends here to close a
-        # broken one (Django's request_finished does that for request threads): close it, so that
-        # the next probe connects again once the database is back.
+        # These threads keep their connections between probes and no request ends here to close a
+        # broken one (Django's request_finished does that for request threads). A connection
+        # that broke while the database restarted is replaced and the probe tried once more, so
+        # that the probe reports the database, not a stale connection of this thread's.
         connection.close()
-        raise
+        _select_one()
+
+
+def _select_one():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def _check_redis():
