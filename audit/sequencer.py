@@ -104,3 +104,16 @@ def _add_tool_calls(cursor, events) -> None:
         f'errors = "{table}".errors + excluded.errors',
         [(*key, calls, errors) for key, (calls, errors) in hours.items()],
     )
+
+
+def tool_call_hours_purge(*, keep_days: int = 2) -> int:
+    """Remove the hourly tool-call counts older than `keep_days` (the console shows the last day)."""
+    from datetime import timedelta
+
+    cutoff = timezone.now() - timedelta(days=keep_days)
+    with (
+        scoping.dangerously_all_organizations(reason="purge old tool call counts", record=False),
+        use_scope(DatabaseScope(all_organizations=True)),
+    ):
+        deleted, _ = ToolCallHour._base_manager.filter(hour__lt=cutoff).delete()
+    return deleted

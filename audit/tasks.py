@@ -7,7 +7,9 @@ from audit.retention import audit_events_purge
 
 @shared_task
 def audit_events_purge_expired():
-    """The scheduled retention job: does nothing unless AUDIT_RETENTION_DAYS is set."""
+    """The scheduled retention job (daily): the console's hourly tool-call counts older than two
+    days; the events themselves only when AUDIT_RETENTION_DAYS is set."""
+    sequencer.tool_call_hours_purge()
     if settings.AUDIT_RETENTION_DAYS > 0:
         audit_events_purge(older_than_days=settings.AUDIT_RETENTION_DAYS)
 

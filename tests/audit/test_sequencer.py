@@ -175,3 +175,16 @@ def test_tool_calls_are_counted_into_their_hours_once_as_they_are_chained(acme, 
     assert rows == [(4, 2)]  # one server, one hour: 4 calls, a failure and a refusal
     with scoping.organization_scope(globex):
         assert list(ToolCallHour.objects.values_list("calls", "errors")) == [(1, 0)]  # its own only
+
+    # The daily retention job drops counts older than two days, every organization's.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from audit.tasks import audit_events_purge_expired
+
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        ToolCallHour.objects.update(hour=timezone.now() - timedelta(days=3))
+    audit_events_purge_expired()
+    with scoping.dangerously_all_organizations(reason="test", record=False):
+        assert not ToolCallHour.objects.exists()
