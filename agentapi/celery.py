@@ -29,22 +29,36 @@ def _adopt_request_id(task=None, **_):
     bind_request(request_id=request_id)
 
 
+def _in_worker(task) -> bool:
+    """A task run by a worker, not eagerly in its caller's process (whose connections and open
+    transaction are the caller's, as Celery's own Django fixup respects)."""
+    return task is not None and not getattr(task.request, "is_eager", False)
+
+
 @signals.task_prerun.connect
-def _usable_database(**_):
+def _usable_database(task=None, **_):
     """Before a task: drop a connection that is too old or broke (PostgreSQL restarted meanwhile),
     with one round trip for a connection kept from an earlier task, so the task starts on a working
     one. What Django does around a request, with the health check CONN_HEALTH_CHECKS would add."""
     from django.db import connections
 
+    if not _in_worker(task):
+        return
     for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block:
+            continue
         connection.close_if_unusable_or_obsolete()
         if connection.connection is not None and not connection.is_usable():
             connection.close()
 
 
 @signals.task_postrun.connect
-def _release_database(**_):
+def _release_database(task=None, **_):
     """After a task: close what is obsolete or failed (CONN_MAX_AGE, errors), keep the rest."""
-    from django.db import close_old_connections
+    from django.db import connections
 
-    close_old_connections()
+    if not _in_worker(task):
+        return
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
