@@ -33,6 +33,7 @@ data plane's routes on the management plane instead (agentapi.dataplane.enabled)
 
 import asyncio
 import functools
+import logging
 import re
 import weakref
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from agentapi.db.scope import DatabaseScope
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,41 @@ async def run(scope: DatabaseScope, statements: list[tuple[Statement | str, list
     """Run the statements in one transaction under `scope`, in one round trip; return each one's
     rows (an empty list for a statement that returns none). Raises psycopg errors as they come."""
     scope_params = [value for _, value in scope.as_settings()]
-    async with (await pool()).connection() as connection:
+    found = await pool()
+    try:
+        return await _run(found, scope_params, statements)
+    except psycopg.OperationalError:
+        # A connection lost (PostgreSQL restarted or failed over): this request fails (a 503; its
+        # statements are not sent again, their fate unknown), and the pool's other idle
+        # connections, lost the same way, are tested and replaced at once, not each on a request.
+        _check_soon(found)
+        raise
+
+
+_checking: "weakref.WeakSet[AsyncConnectionPool]" = weakref.WeakSet()
+_checks: set = set()
+
+
+def _check_soon(found: AsyncConnectionPool) -> None:
+    if found in _checking:
+        return
+    _checking.add(found)
+
+    async def check():
+        try:
+            await found.check()
+        except Exception as exc:  # the database is still down: the next failure checks again
+            log.warning("data plane pool check failed: %s", type(exc).__name__)
+        finally:
+            _checking.discard(found)
+            _checks.discard(task)
+
+    task = asyncio.get_running_loop().create_task(check())
+    _checks.add(task)  # held until done: the loop keeps only a weak reference to a task
+
+
+async def _run(found: AsyncConnectionPool, scope_params: list, statements) -> list[list[tuple]]:
+    async with found.connection() as connection:
         prepared = _prepared.setdefault(connection, set())
         preparing, parts, params = [], ["BEGIN"], []
         for statement, statement_params in [(_SET_SCOPE, scope_params), *statements]:
