@@ -60,15 +60,12 @@ def figures(request) -> dict:
     from oauth.models import OAuthToken, TokenStatus
     from sessions_app.models import AgentRun, AgentSession, RunStatus, SessionStatus
     from tenants import scoping
-    from tenants.models import Organization
+    from tenants.admin import visible_organizations
 
     operator = request.user.is_superuser
     if not operator and not scoping.current().organization_ids:
         return {}  # staff who manage no organization: nothing of anyone's to show
-    visible = Organization.objects.order_by("slug")
-    if not operator:
-        visible = visible.filter(pk__in=scoping.current().organization_ids)
-    organizations = list(visible.only("id", "slug", "name"))
+    organizations = list(visible_organizations(request).only("id", "slug", "name"))
     chosen = _chosen_organization(request, organizations)
 
     def scoped(queryset):

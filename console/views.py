@@ -8,15 +8,9 @@ from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import reverse
 
 from tenants import scoping
+from tenants.admin import visible_organizations
 from tenants.middleware import actor_for
 from tenants.models import Organization
-
-
-def _organizations(request):
-    organizations = Organization.objects.order_by("slug")
-    if not request.user.is_superuser:
-        organizations = organizations.filter(pk__in=scoping.current().organization_ids)
-    return organizations
 
 
 class ExportForm(forms.Form):
@@ -29,7 +23,7 @@ class ExportForm(forms.Form):
 
     def __init__(self, *args, request, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["organization"].queryset = _organizations(request)
+        self.fields["organization"].queryset = visible_organizations(request)
 
     def clean(self):
         data = super().clean()
@@ -77,7 +71,7 @@ def verify_chain(request, organization_id: int):
 
     if request.method != "POST":
         return HttpResponseRedirect(reverse("admin:index"))
-    organization = _organizations(request).filter(pk=organization_id).first()
+    organization = visible_organizations(request).filter(pk=organization_id).first()
     if organization is None:
         raise Http404("No such organization.")
     with scoping.organization_scope(organization, actor=actor_for(request.user)):

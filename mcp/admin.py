@@ -109,13 +109,7 @@ class MCPConfigurationAdmin(TenantScopedAdmin):
         from audit.services import audit_record
 
         for configuration in queryset.select_related("stdio_template", "organization"):
-            try:
-                ok = health.check(configuration)
-            except APIError as exc:  # a configuration problem (an unreadable credential, a missing command)
-                services.mcp_configuration_record_check(
-                    configuration=configuration, ok=False, error=f"{exc.error_code}: {exc.detail}"
-                )
-                ok = False
+            ok = health.check(configuration)
             configuration.refresh_from_db(fields=["last_error", "status"])
             audit_record("mcp.configuration.test", target=configuration, organization_id=configuration.organization_id,
                          outcome="success" if ok else "failure",

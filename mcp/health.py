@@ -19,7 +19,15 @@ log = logging.getLogger(__name__)
 
 
 def check(configuration: MCPConfiguration) -> bool:
-    result = proxy.test_connection(configuration=configuration, user_id=configuration.owner_id)
+    """Test the configuration (connect, list tools) and record the result; a configuration problem
+    (an unreadable credential, a missing command) is recorded as a failed check."""
+    try:
+        result = proxy.test_connection(configuration=configuration, user_id=configuration.owner_id)
+    except APIError as exc:
+        services.mcp_configuration_record_check(
+            configuration=configuration, ok=False, error=f"{exc.error_code}: {exc.detail}"
+        )
+        return False
     error = "" if result["ok"] else f"{result['error']['code']}: {result['error']['message']}"
     services.mcp_configuration_record_check(configuration=configuration, ok=result["ok"], error=error)
     return result["ok"]
@@ -30,14 +38,7 @@ def check_organization(organization: Organization) -> dict:
     with scoping.organization_scope(organization):
         configurations = MCPConfiguration.objects.filter(enabled=True).exclude(auth_type=AuthType.OAUTH)
         for configuration in configurations.select_related("stdio_template", "organization"):
-            try:
-                healthy = check(configuration)
-            except APIError as exc:  # a configuration problem (unreadable credential, missing command)
-                services.mcp_configuration_record_check(
-                    configuration=configuration, ok=False, error=f"{exc.error_code}: {exc.detail}"
-                )
-                healthy = False
-            counts["healthy" if healthy else "unhealthy"] += 1
+            counts["healthy" if check(configuration) else "unhealthy"] += 1
     return counts
 
 

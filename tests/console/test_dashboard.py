@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from django.contrib import admin
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -19,20 +18,9 @@ from audit.services import audit_record
 from mcp.models import MCPConfiguration
 from sessions_app.models import AgentRun, AgentSession
 from tenants import scoping
-from tenants.models import User
-from tests.conftest import make_member, streamed
-
-
-def signed_in(email: str) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(email=email))
-    return client
-
-
-def staff_of(organization, email="staff@acme.test") -> Client:
-    membership = make_member(organization, email, "admin")
-    User.objects.filter(pk=membership.user_id).update(is_staff=True)
-    return signed_in(email)
+from tests.conftest import streamed
+from tests.tenants.test_sessions_and_admin import signed_in
+from tests.tenants.test_sessions_and_admin import staff_admin_of as staff_of
 
 
 def server(organization, name, status="healthy", enabled=True, calls=0, failures=0) -> MCPConfiguration:

@@ -227,30 +227,9 @@ def prepare(upstream, oauth, double, base: str) -> dict:
                                                     mcp_configurations=[configuration.pk])[0].pk)
                 for n in range(2)
             ]  # fmt: skip
-            users.append({"key": key, "sessions": sessions})
+            users.append({"key": key, "sessions": sessions, "session": sessions[0]})
     return {"organization": organization.pk, "users": users, "configuration": configuration.pk,
             "provider": provider.pk, "backend": backend.pk, "owner_key": owner_key}  # fmt: skip
-
-
-def connect(data: dict, base: str) -> None:
-    """Each user's OAuth connection, made as a user makes it (authorize, consent, callback), and the
-    name the MCP server's echo tool has in the sessions."""
-    import httpx
-
-    with httpx.Client(base_url=base, timeout=30) as client:
-        for user in data["users"]:
-            auth = {"Authorization": f"Bearer {user['key']}"}
-            started = client.post("/api/v1/oauth/authorize/", json={"provider": data["provider"]}, headers=auth)
-            started.raise_for_status()
-            consent = httpx.get(started.json()["authorization_url"], follow_redirects=False, timeout=30)
-            page = client.get("/oauth/callback/", params=dict(httpx.URL(consent.headers["location"]).params))
-            assert page.status_code == 200, page.text[:500]
-            tokens = client.get("/api/v1/oauth/tokens/", headers=auth).json()
-            user["token"] = next(t["id"] for t in tokens.get("results", tokens) if t["provider"] == data["provider"])
-        first = data["users"][0]
-        tools = client.get(f"/api/v1/sessions/{first['sessions'][0]}/tools/",
-                           headers={"Authorization": f"Bearer {first['key']}"}).json()  # fmt: skip
-        data["tool"] = next(tool["name"] for tool in tools["tools"] if tool["tool"] == "echo")
 
 
 class Observations:
@@ -606,7 +585,9 @@ def main() -> int:
         for role in ("web", "worker", "beat"):
             stack.start(role)
         wait_ready(stack.base)
-        connect(data, stack.base)
+        from tests.load.run import connect_everyone  # each user's OAuth connection, as the load suite makes them
+
+        connect_everyone(data, stack.base)
         web_pids = gunicorn_workers(stack)
         result = asyncio.run(exercise(stack, data, upstream, oauth, double))
         text = report(result, web_pids, stack, data)
