@@ -3,7 +3,8 @@
 Each handler is the same pipeline of named async steps, and each step is the management plane's
 own rule, called rather than copied:
 
-    authenticate  tenants.authentication.bearer_authenticate_async (API key: one round trip)
+    authenticate  tenants.authentication.bearer_authenticate_async (API key: one round trip), or
+                  the access cache below while nothing it read has changed (no round trip)
     scope         tenants.scoping.organization_scope (the same context the ORM and RLS read)
     find          the configuration, visible to the caller, and whether the tool is withheld:
                   one statement, in authentication's own round trip (agentapi.db.aio); another
@@ -19,10 +20,13 @@ Security events (a refused credential, a lookup into another organization) are w
 answer is decided, as on the management plane.
 """
 
+import copy
 import time
+from dataclasses import dataclass
 from functools import cache
 
 from django.conf import settings
+from django.utils import timezone
 from rest_framework import exceptions
 
 from agentapi import context as request_context
@@ -37,7 +41,12 @@ from mcp.credentials import target_for
 from mcp.models import AuthType, MCPConfiguration, PinStatus, ToolPin, Transport
 from oauth import services as oauth_services
 from tenants import ratelimits, scoping, security
-from tenants.authentication import Principal, bearer_authenticate_async
+from tenants.authentication import (
+    QUERY_CREDENTIAL_NAMES,
+    Principal,
+    bearer_authenticate_async,
+    touch_api_key_async,
+)
 
 # -- find -------------------------------------------------------------------------------------
 
@@ -66,10 +75,65 @@ def _find_sql() -> str:
     )
 
 
-async def authenticate_and_find(request, pk: str, tool: str) -> tuple[Principal, MCPConfiguration, bool]:
+# What authenticate_and_find read (the API key with its member, user and organization; the
+# configuration; whether the tool waits for approval), kept per credential, configuration and tool
+# and used again while agentapi.db.aio.Changes says nothing it was read from has changed since: a
+# revoked key, a deactivated member or organization, an edited or disabled configuration, a pin
+# set to pending are announced by PostgreSQL's triggers at their commit, and forgotten then, not
+# after a time to live. What it saves is the tool call's one database round trip before the
+# upstream is called. API keys only (a JWT's signature, expiry and signing keys are checked every
+# time, on a worker thread); a refused credential or an id not found is never kept, so each is
+# read, and recorded, every time. An entry lives DATA_PLANE_ACCESS_CACHE_SECONDS at most.
+@dataclass
+class _Access:
+    mark: int
+    kept_at: float
+    principal: Principal
+    configuration: MCPConfiguration
+    withheld: bool
+
+
+_access: dict[tuple[str, int, str], _Access] = {}
+MAX_ACCESS_ENTRIES = 10_000
+
+
+def _kept_access(key: tuple, request) -> _Access | None:
+    if any(name in request.query for name in QUERY_CREDENTIAL_NAMES):
+        return None  # refused, as authentication refuses it
+    entry = _access.get(key)
+    if entry is None:
+        return None
+    if (
+        time.monotonic() - entry.kept_at < settings.DATA_PLANE_ACCESS_CACHE_SECONDS
+        and aio.changes().unchanged_since(entry.mark, entry.principal.organization.pk)
+        and not entry.principal.api_key.is_expired()
+    ):
+        return entry
+    _access.pop(key, None)
+    return None
+
+
+def _keep_access(key: tuple, mark: int | None, principal, configuration, withheld) -> None:
+    if mark is None or principal.api_key is None or settings.DATA_PLANE_ACCESS_CACHE_SECONDS <= 0:
+        return
+    if len(_access) >= MAX_ACCESS_ENTRIES:
+        _access.clear()
+    _access[key] = _Access(mark, time.monotonic(), principal, copy.copy(configuration), withheld)
+
+
+async def authenticate_and_find(
+    request, pk: str, tool: str, credential_hash: str | None = None
+) -> tuple[Principal, MCPConfiguration, bool]:
     """The caller, the configuration and whether `tool` is withheld: with an API key, one round
-    trip. Another organization's configuration, or one the caller may not see, is NotFound."""
+    trip, or none while the access cache holds them (credential_hash, the Authorization header's
+    hash, names the caller there). Another organization's configuration, or one the caller may not
+    see, is NotFound."""
     pk = int(pk)
+    key = (credential_hash, pk, tool)
+    if credential_hash is not None and (kept := _kept_access(key, request)) is not None:
+        await touch_api_key_async(kept.principal, timezone.now())
+        return kept.principal, copy.copy(kept.configuration), kept.withheld
+    mark = aio.changes().mark() if credential_hash is not None else None
     # Not an id at all when out of range: looked up as 0, found nowhere (as the ORM answers).
     statement = (_find_statement(), [tool, PinStatus.PENDING, pk if 0 < pk < 2**63 else 0])
     principal, (rows,) = await bearer_authenticate_async(
@@ -82,6 +146,7 @@ async def authenticate_and_find(request, pk: str, tool: str) -> tuple[Principal,
     *values, withheld = rows[0]
     configuration = aio.instance(MCPConfiguration, _attnames(), values)
     configuration.organization = principal.organization
+    _keep_access(key, mark, principal, configuration, withheld)
     return principal, configuration, withheld
 
 
@@ -184,7 +249,7 @@ async def _handle(request, pk: str, serializer_class, perform) -> dict:
         name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else ""
         speculation = ratelimits.speculate("mcp", request.headers.get("authorization", ""))
         try:
-            principal, configuration, withheld = await authenticate_and_find(request, pk, name)
+            principal, configuration, withheld = await authenticate_and_find(request, pk, name, speculation.key)
         except BaseException:
             speculation.drop()
             raise

@@ -271,11 +271,16 @@ async def api_key_authenticate_async(key: str, *, also=()) -> tuple[Principal, l
     rows = results[0]
     now = timezone.now()
     principal = _check_api_key(_api_key_from_row(rows[0]) if rows else None, now)
+    await touch_api_key_async(principal, now, scope)
+    return principal, results[2:]
+
+
+async def touch_api_key_async(principal: Principal, now, scope: DatabaseScope | None = None) -> None:
+    """Record the key's last use when it is due (_touch_due): a second round trip, rarely."""
     if _touch_due(principal.api_key, now):
         update = f'UPDATE "{APIKey._meta.db_table}" SET last_used_at = %s WHERE id = %s'  # noqa: S608
-        await aio.run(scope, [(update, [now, principal.api_key.pk])])
+        await aio.run(scope or principal_scope(principal), [(update, [now, principal.api_key.pk])])
         principal.api_key.last_used_at = now
-    return principal, results[2:]
 
 
 def principal_scope(principal: Principal) -> DatabaseScope:

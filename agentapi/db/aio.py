@@ -132,10 +132,109 @@ async def pool() -> AsyncConnectionPool:
 
 
 async def close() -> None:
-    """Close the running loop's pool (a worker stopping, a test's loop ending)."""
-    found = _pools.pop(asyncio.get_running_loop(), None)
+    """Close the running loop's pool and its Changes (a worker stopping, a test's loop ending)."""
+    loop = asyncio.get_running_loop()
+    found = _pools.pop(loop, None)
     if found is not None:
         await found.close()
+    watching = _changes.pop(loop, None)
+    if watching is not None:
+        await watching.close()
+
+
+class Changes:
+    """Committed changes to what decides a caller's access, heard as they happen: what the data
+    plane keeps between requests (mcp.dataplane's access cache) is good only while this says
+    nothing it depends on changed since it was read.
+
+    One LISTEN connection per event loop on the channel the tables' triggers announce on
+    (agentapi.db.operations.NotifyChanges: API keys, memberships, users, organizations, MCP
+    configurations, tool pins; the payload is the organization concerned, or '*'). Every
+    notification is numbered; `mark()` is the number before a read, and `unchanged_since(mark,
+    organization)` is true while no notification for that organization (or for all) came after it
+    and the connection has stayed up. A lost connection may have missed notifications: while it is
+    down nothing is unchanged, and once it is back everything read before is out of date.
+
+    What is left is the time a notification takes to arrive once the change is committed
+    (PostgreSQL sends it to an idle listener at once: well under a millisecond on loopback): a
+    request in that moment is answered as one that came just before the change.
+    """
+
+    def __init__(self):
+        self.number = 0
+        self.listening = False
+        self._everything = 0  # the number of the last notification for every organization
+        self._by_organization: dict[int, int] = {}
+        self._connection: psycopg.AsyncConnection | None = None
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    def mark(self) -> int | None:
+        """The number to keep with what is read now, or None when nothing read now may be kept."""
+        return self.number if self.listening else None
+
+    def unchanged_since(self, mark: int | None, organization_id: int) -> bool:
+        return (
+            mark is not None
+            and self.listening
+            and self._everything <= mark
+            and self._by_organization.get(organization_id, 0) <= mark
+        )
+
+    def _heard(self, payload: str) -> None:
+        self.number += 1
+        if payload.isdigit():
+            self._by_organization[int(payload)] = self.number
+        else:
+            self._everything = self.number
+
+    async def _listen(self) -> None:
+        from agentapi.db.operations import CHANGES_CHANNEL
+
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    **{**_conninfo(), "application_name": "agentapi-dataplane-changes"}, autocommit=True
+                ) as connection:
+                    self._connection = connection
+                    await connection.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    self._heard("*")  # what was read before this connection may have missed changes
+                    self.listening, delay = True, 0.5
+                    async for notification in connection.notifies():
+                        self._heard(notification.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.listening:
+                    log.warning("data plane change notifications lost: %s", type(exc).__name__)
+            finally:
+                self.listening = False
+                self._connection = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        self.listening = False
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+_changes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Changes]" = weakref.WeakKeyDictionary()
+
+
+def listen_for_changes() -> None:
+    """EVENT_LOOP_STARTUP: listen from before the first request, so that the first are kept too."""
+    if settings.DATA_PLANE_ENABLED and available():
+        changes()
+
+
+def changes() -> Changes:
+    """The running loop's Changes, started on first use (it listens from its first moments on)."""
+    loop = asyncio.get_running_loop()
+    found = _changes.get(loop)
+    if found is None:
+        found = _changes[loop] = Changes()
+    return found
 
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK

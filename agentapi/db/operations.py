@@ -159,3 +159,76 @@ class ChainedOnce(_PostgresOnly):
             f'CREATE TRIGGER append_only_rows BEFORE UPDATE OR DELETE ON "{table}" '
             "FOR EACH ROW EXECUTE FUNCTION agentapi_refuse_change()",
         ]
+
+
+CHANGES_CHANNEL = "agentapi_access"
+
+NOTIFY_CHANGE_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION agentapi_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    -- TG_ARGV[0]: the column naming the row's organization ('' for a row every organization
+    -- depends on); the other arguments: columns whose changes alone do not matter to access.
+    ignored text[] := TG_ARGV[1:];
+    old_row jsonb;
+    new_row jsonb;
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN  -- TRUNCATE
+        PERFORM pg_notify('{CHANGES_CHANNEL}', '*');
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN old_row := to_jsonb(OLD); END IF;
+    IF TG_OP <> 'DELETE' THEN new_row := to_jsonb(NEW); END IF;
+    IF TG_OP = 'UPDATE' AND (old_row - ignored) = (new_row - ignored) THEN
+        RETURN NULL;
+    END IF;
+    -- Delivered at COMMIT, once per distinct payload and transaction; never for a rollback.
+    PERFORM pg_notify('{CHANGES_CHANNEL}', COALESCE(NULLIF(old_row ->> TG_ARGV[0], ''), '*'))
+        WHERE old_row IS NOT NULL;
+    PERFORM pg_notify('{CHANGES_CHANNEL}', COALESCE(NULLIF(new_row ->> TG_ARGV[0], ''), '*'))
+        WHERE new_row IS NOT NULL;
+    RETURN NULL;
+END
+$$
+"""
+
+
+class NotifyChanges(_PostgresOnly):
+    """Announce every committed change to a table's rows on the `agentapi_access` channel, with the
+    organization it concerns as the payload ('*' for all of them): what the data plane keeps in
+    memory about a caller's access (agentapi.db.aio.Changes) is forgotten on it. A trigger, not a
+    Django signal: a queryset's update(), raw SQL, the admin and a migration are announced alike.
+    `organization_column` names the row's organization ('' when every organization depends on the
+    row: a user); a change to nothing but `ignored` columns (a last-used time, a health check's
+    timestamps) is not announced."""
+
+    def __init__(self, model_name, organization_column="organization_id", ignored=()):
+        self.model_name = model_name
+        self.organization_column = organization_column
+        self.ignored = tuple(ignored)
+
+    def deconstruct(self):
+        kwargs = {"model_name": self.model_name, "organization_column": self.organization_column}
+        if self.ignored:
+            kwargs["ignored"] = self.ignored
+        return self.__class__.__name__, [], kwargs
+
+    def describe(self):
+        return f"Announce changes to {self.model_name} on the {CHANGES_CHANNEL} channel"
+
+    def forwards_sql(self, table):
+        arguments = ", ".join(f"'{name}'" for name in (self.organization_column, *self.ignored))
+        return [
+            NOTIFY_CHANGE_FUNCTION,
+            f'DROP TRIGGER IF EXISTS notify_change_rows ON "{table}"',
+            f'CREATE TRIGGER notify_change_rows AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
+            f"FOR EACH ROW EXECUTE FUNCTION agentapi_notify_change({arguments})",
+            f'DROP TRIGGER IF EXISTS notify_change_truncate ON "{table}"',
+            f'CREATE TRIGGER notify_change_truncate AFTER TRUNCATE ON "{table}" '
+            "FOR EACH STATEMENT EXECUTE FUNCTION agentapi_notify_change('')",
+        ]
+
+    def backwards_sql(self, table):
+        return [
+            f'DROP TRIGGER IF EXISTS notify_change_rows ON "{table}"',
+            f'DROP TRIGGER IF EXISTS notify_change_truncate ON "{table}"',
+        ]

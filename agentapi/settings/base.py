@@ -458,10 +458,13 @@ DATA_PLANE_APPS = [
     ),
 ]
 # Called on the web process's event loop before it serves its first request.
-EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop"]
+EVENT_LOOP_STARTUP = ["mcp.pool.adopt_running_loop", "agentapi.db.aio.listen_for_changes"]
 # Its database connections per web process, and how long a request waits for one before 503.
 DATA_PLANE_DATABASE_CONNECTIONS = env.int("DATA_PLANE_DATABASE_CONNECTIONS", default=10)
 DATA_PLANE_DATABASE_TIMEOUT = env.float("DATA_PLANE_DATABASE_TIMEOUT", default=5.0)
+# A tool call's caller and configuration, kept while PostgreSQL announces no change to them
+# (mcp.dataplane's access cache): the longest an entry is used all the same. 0 turns it off.
+DATA_PLANE_ACCESS_CACHE_SECONDS = env.float("DATA_PLANE_ACCESS_CACHE_SECONDS", default=60.0)
 # The largest upstream result passed on (bytes of its JSON); a larger one is a 502.
 MCP_MAX_RESULT_BYTES = env.int("MCP_MAX_RESULT_BYTES", default=10 * 1024 * 1024)
 MCP_HEALTH_DISABLE_AFTER = env.int("MCP_HEALTH_DISABLE_AFTER", default=5)  # failed checks in a row
