@@ -34,7 +34,9 @@ data plane's routes on the management plane instead (agentapi.dataplane.enabled)
 import asyncio
 import functools
 import logging
+import random
 import re
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -152,8 +154,14 @@ class Changes:
     configurations, tool pins; the payload is the organization concerned, or '*'). Every
     notification is numbered; `mark()` is the number before a read, and `unchanged_since(mark,
     organization)` is true while no notification for that organization (or for all) came after it
-    and the connection has stayed up. A lost connection may have missed notifications: while it is
-    down nothing is unchanged, and once it is back everything read before is out of date.
+    and the channel is known to carry notifications.
+
+    Known to carry them: every CHANGES_HEARTBEAT_SECONDS this process announces a heartbeat of its
+    own through the data plane's pool, another connection, and listens for it. Until the first
+    comes back, and whenever one is more than twice that late (the listener's connection lost,
+    PostgreSQL restarted, a proxy such as PgBouncer in transaction mode that does not carry
+    LISTEN), nothing is unchanged; once one comes back after such a gap, everything read before it
+    is out of date, since notifications may have been missed.
 
     What is left is the time a notification takes to arrive once the change is committed
     (PostgreSQL sends it to an idle listener at once: well under a millisecond on loopback): a
@@ -162,11 +170,22 @@ class Changes:
 
     def __init__(self):
         self.number = 0
-        self.listening = False
         self._everything = 0  # the number of the last notification for every organization
         self._by_organization: dict[int, int] = {}
-        self._connection: psycopg.AsyncConnection | None = None
-        self._task = asyncio.get_running_loop().create_task(self._listen())
+        self._heartbeat = f"heartbeat:{id(self):x}:{random.getrandbits(64):x}"
+        self._heard_at: float | None = None  # when our heartbeat last came back
+        self._connected = False
+        self._beat_now = asyncio.Event()  # set: send a heartbeat now (a connection just made)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._beat())]
+
+    @property
+    def listening(self) -> bool:
+        return (
+            self._connected
+            and self._heard_at is not None
+            and time.monotonic() - self._heard_at < 2 * settings.CHANGES_HEARTBEAT_SECONDS
+        )
 
     def mark(self) -> int | None:
         """The number to keep with what is read now, or None when nothing read now may be kept."""
@@ -181,6 +200,12 @@ class Changes:
         )
 
     def _heard(self, payload: str) -> None:
+        if payload.startswith("heartbeat:"):
+            if payload == self._heartbeat:
+                if not self.listening:
+                    self._heard("*")  # after a gap, or at the start: what was read before is out of date
+                self._heard_at = time.monotonic()
+            return  # another process's heartbeat
         self.number += 1
         if payload.isdigit():
             self._by_organization[int(payload)] = self.number
@@ -196,27 +221,43 @@ class Changes:
                 async with await psycopg.AsyncConnection.connect(
                     **{**_conninfo(), "application_name": "agentapi-dataplane-changes"}, autocommit=True
                 ) as connection:
-                    self._connection = connection
                     await connection.execute(f"LISTEN {CHANGES_CHANNEL}")
-                    self._heard("*")  # what was read before this connection may have missed changes
-                    self.listening, delay = True, 0.5
+                    self._connected, delay = True, 0.5
+                    self._heard_at = None  # until our heartbeat comes back on this connection
+                    self._beat_now.set()
                     async for notification in connection.notifies():
                         self._heard(notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.listening:
+                if self._connected:
                     log.warning("data plane change notifications lost: %s", type(exc).__name__)
             finally:
-                self.listening = False
-                self._connection = None
+                self._connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    async def _beat(self) -> None:
+        from agentapi.db.operations import CHANGES_CHANNEL
+
+        while True:
+            try:
+                await asyncio.wait_for(self._beat_now.wait(), settings.CHANGES_HEARTBEAT_SECONDS)
+            except TimeoutError:
+                pass
+            self._beat_now.clear()
+            if not self._connected:
+                continue
+            try:
+                await run(DatabaseScope(), [("SELECT pg_notify(%s, %s)", [CHANGES_CHANNEL, self._heartbeat])])
+            except Exception as exc:  # the database is down: the heartbeat is late, nothing is kept
+                log.debug("data plane heartbeat not sent: %s", type(exc).__name__)
+
     async def close(self) -> None:
-        self.listening = False
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        self._connected = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 _changes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Changes]" = weakref.WeakKeyDictionary()

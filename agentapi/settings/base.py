@@ -465,6 +465,9 @@ DATA_PLANE_DATABASE_TIMEOUT = env.float("DATA_PLANE_DATABASE_TIMEOUT", default=5
 # A tool call's caller and configuration, kept while PostgreSQL announces no change to them
 # (mcp.dataplane's access cache): the longest an entry is used all the same. 0 turns it off.
 DATA_PLANE_ACCESS_CACHE_SECONDS = env.float("DATA_PLANE_ACCESS_CACHE_SECONDS", default=60.0)
+# How often each web process checks that PostgreSQL's change notifications reach it (a heartbeat
+# of its own, sent and heard back): one missing for twice this long and nothing kept is used.
+CHANGES_HEARTBEAT_SECONDS = env.float("CHANGES_HEARTBEAT_SECONDS", default=5.0)
 # The largest upstream result passed on (bytes of its JSON); a larger one is a 502.
 MCP_MAX_RESULT_BYTES = env.int("MCP_MAX_RESULT_BYTES", default=10 * 1024 * 1024)
 MCP_HEALTH_DISABLE_AFTER = env.int("MCP_HEALTH_DISABLE_AFTER", default=5)  # failed checks in a row

@@ -3,6 +3,8 @@ once and used again only while PostgreSQL announces no change to them (agentapi.
 fed by the NotifyChanges triggers). Every change that decides access takes effect on the next
 call, not after a time to live; what cannot be heard is not trusted."""
 
+import os
+import signal
 import time
 
 import psycopg
@@ -24,7 +26,7 @@ pytestmark = committed
 
 
 @pytest.fixture(autouse=True)
-def listening(db):
+def changes_heard(db):
     """The test process's data plane (on the MCP pool's loop) listening, as a web process is
     from its start (EVENT_LOOP_STARTUP)."""
 
@@ -234,3 +236,44 @@ def test_it_is_off_when_its_time_is_zero(alice_api, http_server, settings):
     configuration = configure(alice_api, url=http_server.url)
     assert call(alice_api, configuration).status_code == 200
     assert kept(configuration) == []
+
+
+def listener_backend() -> int:
+    with connection.cursor() as cursor:  # the role the listener connects as
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = 'agentapi-dataplane-changes' AND datname = current_database()"
+        )
+        [(pid,)] = cursor.fetchall()
+    return pid
+
+
+def test_nothing_kept_is_used_while_the_channel_carries_nothing(alice_api, http_server, settings):
+    """A listener that stays connected but hears nothing (its server process stopped here; a proxy
+    such as PgBouncer in transaction mode does the same to LISTEN): the process's own heartbeat
+    does not come back, so nothing kept is trusted; once it does, what was kept is read again."""
+    configuration = configure(alice_api, url=http_server.url)
+    assert call(alice_api, configuration).status_code == 200
+    assert call(alice_api, configuration).status_code == 200
+    [entry] = kept(configuration)
+
+    async def listening():
+        return aio.changes().listening
+
+    settings.CHANGES_HEARTBEAT_SECONDS = 0.2
+    backend = listener_backend()
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        time.sleep(0.6)
+        assert not pool.run_on_pool_loop(listening)
+        assert call(alice_api, configuration).status_code == 200
+        assert kept(configuration) == []  # read, and not kept
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while not pool.run_on_pool_loop(listening) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.run_on_pool_loop(listening)
+    assert call(alice_api, configuration).status_code == 200
+    [again] = kept(configuration)
+    assert again is not entry
