@@ -23,7 +23,7 @@ from django.db import close_old_connections
 from django.http import FileResponse
 from django.utils.module_loading import import_string
 
-from agentapi.workers import in_worker
+from agentapi.workers import run_whole
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentapi.settings.local")
 
@@ -77,7 +77,8 @@ class SyncChainASGIHandler(ASGIHandler):
                 return
 
     async def run_get_response(self, request):
-        response = await in_worker(self._get_response_on_worker)(request)
+        # The whole request, or none of it, even when its client goes (workers.run_whole).
+        response = await run_whole(self._get_response_on_worker, request)
         response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size

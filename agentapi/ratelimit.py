@@ -159,13 +159,22 @@ def limits_for(klass: str, subjects: dict[str, str], overrides: dict | None = No
 # period), in microseconds, and 1 to spend from it or 0 only to check it. Returns: the refusing
 # limit's position (0: none) and how long until it admits, then per limit what remains and how
 # long until it is whole. Nothing is written when one refuses.
+# A key holds "TAT:INTERVAL": when the limit's rate has changed since (an organization's own rates
+# edited), what was spent carries over as a number of requests, rescaled to the new interval, so a
+# raised limit admits at once what it now allows and a lowered one refuses at once.
 GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local refused, wait, tats = 0, 0, {}
 for i = 1, #KEYS do
   local interval, tau = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local stored, tat = redis.call('GET', KEYS[i]), now
+  if stored then
+    local at, was = string.match(stored, '^([%d%.]+):([%d%.]+)$')
+    tat = tonumber(at or stored) or now
+    was = tonumber(was)
+    if was and was > 0 and was ~= interval and tat > now then tat = now + (tat - now) * interval / was end
+  end
   if tat < now then tat = now end
   tats[i] = tat + interval
   if tats[i] - tau > now and refused == 0 then refused, wait = i, tats[i] - tau - now end
@@ -175,7 +184,7 @@ for i = 1, #KEYS do
   local interval, tau, spend = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), ARGV[3 * i] == '1'
   local tat = tats[i]
   if refused == 0 and spend then
-    redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
+    redis.call('SET', KEYS[i], string.format('%.0f:%.0f', tat, interval), 'PX', math.ceil((tat - now) / 1000) + 1)
   else
     tat = tat - interval
   end
@@ -206,7 +215,7 @@ class _Local:
     divided by RATE_LIMIT_EXPECTED_PROCESSES."""
 
     def __init__(self):
-        self.tats: dict[str, float] = {}
+        self.tats: dict[str, tuple[float, float]] = {}  # key: (TAT, the interval it was spent at)
         self.lock = threading.Lock()
 
     def decide(self, limits: list[Limit]) -> Decision:
@@ -214,19 +223,22 @@ class _Local:
         now = time.monotonic()
         with self.lock:
             if len(self.tats) > 100_000:
-                self.tats = {key: tat for key, tat in self.tats.items() if tat > now}
+                self.tats = {key: kept for key, kept in self.tats.items() if kept[0] > now}
             refused, wait, tats = None, 0.0, []
             for limit in limits:
                 count = max(1, limit.count // share)
                 interval, tau = limit.period / count, float(limit.period)
-                tat = max(self.tats.get(limit.key, now), now) + interval
+                tat, was = self.tats.get(limit.key, (now, interval))
+                if was != interval and tat > now:  # the rate changed: what was spent carries over
+                    tat = now + (tat - now) * interval / was
+                tat = max(tat, now) + interval
                 tats.append((tat, interval, tau, count))
                 if tat - tau > now and refused is None:
                     refused, wait = limit, tat - tau - now
             remaining, reset = [], []
             for limit, (tat, interval, tau, _count) in zip(limits, tats, strict=True):
                 if refused is None and limit.spend:
-                    self.tats[limit.key] = tat
+                    self.tats[limit.key] = (tat, interval)
                 else:
                     tat -= interval
                 remaining.append(max(0, math.floor((now + tau - tat) / interval)))

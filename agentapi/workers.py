@@ -6,6 +6,8 @@ thread-sensitive context would give. WEB_THREADS bounds how many synchronous req
 runs at once (and so its database connections).
 """
 
+import asyncio
+import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,3 +43,28 @@ def in_worker(func):
     if not _serving:
         return sync_to_async(func, thread_sensitive=True)
     return sync_to_async(func, thread_sensitive=False, executor=executor())
+
+
+async def run_whole(func, *args):
+    """`await run_whole(func, *args)`: in_worker(func)(*args) for work that must not be left
+    running when its awaiter is cancelled: a call not yet started then never starts, and one
+    already running is waited for before the cancellation goes on.
+
+    Django's ASGI handler cancels a request's task when its client disconnects and then closes the
+    request's body; asgiref's sync_to_async returns from the cancellation at once while the view's
+    thread runs on, so a view that read its body after that failed on the closed file and was
+    logged as a 500 that no client received (the load suite's users leaving did it).
+    Here the executor's own future decides, under its lock, between "cancelled" and "running".
+    """
+    if not _serving:
+        return await sync_to_async(func, thread_sensitive=True)(*args)
+    job = executor().submit(contextvars.copy_context().run, func, *args)
+    waited = asyncio.wrap_future(job)
+    try:
+        return await asyncio.shield(waited)
+    except asyncio.CancelledError:
+        if not job.cancel():
+            await asyncio.wait([waited])
+            if not waited.cancelled():
+                waited.exception()  # its outcome is nobody's now: the client is gone
+        raise

@@ -48,6 +48,15 @@ def limits(settings):
     return set_limits
 
 
+def test_the_local_fallback_carries_what_was_spent_across_a_rate_change(settings):
+    settings.RATE_LIMIT_EXPECTED_PROCESSES = 1
+    local = ratelimit._Local()
+    two, five = (ratelimit.Limit("read", "credential", "key:1", count, 3600) for count in (2, 5))
+    assert [local.decide([two]).refused_by is None for _ in range(3)] == [True, True, False]
+    assert [local.decide([five]).refused_by is None for _ in range(4)] == [True, True, True, False]
+    assert local.decide([two]).refused_by == two  # lowered again: five spent, refused at once
+
+
 def test_gcra_admits_the_burst_then_refuses_and_a_refusal_spends_nothing_of_the_other_limits(settings):
     tight = ratelimit.Limit("read", "credential", "k1", 3, 3600)
     loose = ratelimit.Limit("read", "organization", "o1", 10, 3600)
@@ -94,6 +103,22 @@ def test_an_organizations_own_rates_apply_and_are_checked(alice_api, bob_api, ac
         assert refused.status_code == 400, (bad, refused.content)
     acme.refresh_from_db()
     assert acme.settings["rate_limits"] == {"read": {"organization": "3/hour"}}
+
+
+def test_a_raised_limit_admits_at_once_what_it_now_allows(alice_api, acme, operator_api):
+    path = f"/api/v1/organizations/{acme.pk}/"
+    assert (
+        operator_api.patch(path, {"settings": {"rate_limits": {"read": {"credential": "2/hour"}}}}).status_code == 200
+    )
+    assert [alice_api.get(ME).status_code for _ in range(3)] == [200, 200, 429]
+    assert (
+        operator_api.patch(path, {"settings": {"rate_limits": {"read": {"credential": "5/hour"}}}}).status_code == 200
+    )
+    # What was spent carries over as requests: two of the five, three left at once (not after the
+    # old rate's state has aged out); a lowered rate refuses at once (the test below).
+    answers = [alice_api.get(ME) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[0]["RateLimit-Policy"].startswith('"read-credential";q=5;w=3600')
 
 
 @committed
