@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 from rest_framework import exceptions
@@ -129,6 +129,7 @@ class Found:
     configuration: MCPConfiguration | None  # the server the name points into, if attached
     withheld: bool
     servers: list[Server] | None = None  # every attached server, when asked for
+    also: list[list[tuple]] = field(default_factory=list)  # the rows of authenticate_and_find's `also`
 
 
 def _session_id(value: str) -> str | None:
@@ -139,18 +140,22 @@ def _session_id(value: str) -> str | None:
 
 
 async def authenticate_and_find(
-    request, session_id: str, *, prefix: str = "", tool: str = "", secrets=(), servers: bool = False
+    request, session_id: str, *, prefix: str = "", tool: str = "", secrets=(), servers: bool = False, also=()
 ) -> Found:
     """The caller, their session `session_id` and its server `prefix` (with `servers`, every
     attached server too): one round trip. Another user's or organization's session is NotFound;
-    a session token is good for its own session only."""
+    a session token is good for its own session only. `also`: statements of the caller's own
+    reads about the session (its id is their first parameter), in that same round trip; their rows
+    are `found.also`, used only once the session is found to be the caller's."""
     pk = _session_id(session_id) or str(uuid.UUID(int=0))
     statements = [(_find_statement(), [tool, PinStatus.PENDING, prefix, pk])]
     if servers:
         statements.append((_servers_statement(), [PinStatus.PENDING, pk]))
-    principal, (rows, *server_rows) = await bearer_authenticate_async(
+    statements += [(statement, [pk, *params]) for statement, params in also]
+    principal, (rows, *more) = await bearer_authenticate_async(
         request.headers.get("authorization", ""), request.query, also=statements, secrets=secrets
     )
+    server_rows, also_rows = (more[:1], more[1:]) if servers else ([], more)
     if principal.subject is not None and principal.subject != pk:
         raise exceptions.AuthenticationFailed("This session token belongs to another session.")
     if not rows:
@@ -165,7 +170,7 @@ async def authenticate_and_find(
     if values[0] is not None:
         configuration = aio.instance(MCPConfiguration, _configuration_attnames(), values)
         configuration.organization = principal.organization
-    found = Found(principal, session, configuration, bool(withheld))
+    found = Found(principal, session, configuration, bool(withheld), also=also_rows)
     if servers:
         found.servers = []
         for prefix_, *values, pending in server_rows[0]:

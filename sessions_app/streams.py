@@ -24,6 +24,7 @@ organization's session is 404.
 """
 
 import asyncio
+import functools
 import json
 import time
 from urllib.parse import parse_qs
@@ -46,14 +47,14 @@ PAGE = 200  # events read from the database at a time
 AGENT_TYPE = "custom"  # agentapi's name for an agent it has no adapter for: a model behind the platform
 
 
-async def _find(scope, session_id: str, *, session_tokens: bool) -> dataplane.Found:
+async def _find(scope, session_id: str, *, session_tokens: bool, also=()) -> dataplane.Found:
     headers = _headers(scope)
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     async with deferred_security_events_async():
         if http.enabled():
             request = http.Request(scope["method"], scope["path"], headers, query, b"")
             secrets = (dataplane.session_token(),) if session_tokens else ()
-            return await dataplane.authenticate_and_find(request, session_id, secrets=secrets)
+            return await dataplane.authenticate_and_find(request, session_id, secrets=secrets, also=also)
         from sessions_app.mcp_server import _find_sync
 
         return await in_worker(_find_sync)(
@@ -258,6 +259,34 @@ def _transcript(found: dataplane.Found) -> tuple[list[dict], bool]:
     return messages, running
 
 
+@functools.cache
+def _transcript_statements() -> tuple[aio.Statement, aio.Statement]:
+    """_transcript on the data plane: the conversation as agentapi shows it, and whether a run is
+    going, read in the session's find (dataplane.authenticate_and_find's `also`): no thread."""
+    messages, run_table = AgentMessage._meta.db_table, AgentRun._meta.db_table
+    return (
+        aio.Statement(
+            "agentapi_transcript",
+            f'SELECT seq, role, content, created_at FROM "{messages}" '  # noqa: S608
+            "WHERE session_id = %s AND role <> %s AND content <> '' ORDER BY seq",
+        ),
+        aio.Statement(
+            "agentapi_running",
+            f'SELECT EXISTS (SELECT 1 FROM "{run_table}" WHERE session_id = %s AND status = %s)',  # noqa: S608
+        ),
+    )
+
+
+def _from_also(found: dataplane.Found, with_messages: bool) -> tuple[list[dict], bool]:
+    *transcript, (running,) = found.also
+    rows = transcript[0] if with_messages else []
+    messages = [
+        _agentapi_message({"seq": seq, "role": role, "content": content, "created_at": created_at})
+        for seq, role, content, created_at in rows
+    ]
+    return messages, bool(running[0])
+
+
 def _status(running: bool) -> dict:
     return {"agent_type": AGENT_TYPE, "status": "running" if running else "stable"}
 
@@ -328,14 +357,19 @@ async def _agentapi(scope, receive, send, session_id: str, endpoint: str) -> Non
 
         body = parsers.loads(raw)
     after = _last_event_id(scope, headers) if endpoint == "events" else None
-    found = await _find(scope, session_id, session_tokens=True)
+    also = []
+    if endpoint in ("status", "messages") and http.enabled():
+        transcript, running = _transcript_statements()
+        also = [(transcript, [MessageRole.TOOL])] if endpoint == "messages" else []
+        also.append((running, [RunStatus.RUNNING]))
+    found = await _find(scope, session_id, session_tokens=True, also=also)
     request_context.annotate(user=str(found.principal.membership.user_id), session=str(found.session.pk))
-    if endpoint == "status":
-        _messages, running = await in_worker(_transcript)(found)
-        return await _json_answer(send, 200, _status(running))
-    if endpoint == "messages":
-        messages, _running = await in_worker(_transcript)(found)
-        return await _json_answer(send, 200, {"messages": messages})
+    if endpoint in ("status", "messages"):
+        if also:
+            messages, running = _from_also(found, with_messages=endpoint == "messages")
+        else:
+            messages, running = await in_worker(_transcript)(found)
+        return await _json_answer(send, 200, _status(running) if endpoint == "status" else {"messages": messages})
     if endpoint == "message":
         return await _json_answer(send, 200, await in_worker(_send_message)(found, body))
     stream = _Stream(receive, send)
