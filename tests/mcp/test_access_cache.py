@@ -277,3 +277,17 @@ def test_nothing_kept_is_used_while_the_channel_carries_nothing(alice_api, http_
     assert call(alice_api, configuration).status_code == 200
     [again] = kept(configuration)
     assert again is not entry
+
+
+def test_a_kept_keys_last_use_is_still_recorded(alice, alice_api, http_server, acme, settings):
+    settings.API_KEY_LAST_USED_INTERVAL_SECONDS = 0  # every use is due to be written
+    configuration = configure(alice_api, url=http_server.url)
+    assert call(alice_api, configuration).status_code == 200
+    assert call(alice_api, configuration).status_code == 200
+    [entry] = kept(configuration)
+    with scoping.organization_scope(acme):
+        before = APIKey.objects.get(pk=entry.principal.api_key.pk).last_used_at
+    assert call(alice_api, configuration).status_code == 200
+    assert kept(configuration)[0] is entry  # served from what was kept
+    with scoping.organization_scope(acme):
+        assert APIKey.objects.get(pk=entry.principal.api_key.pk).last_used_at > before
