@@ -264,15 +264,16 @@ def _transcript_statements() -> tuple[aio.Statement, aio.Statement]:
     """_transcript on the data plane: the conversation as agentapi shows it, and whether a run is
     going, read in the session's find (dataplane.authenticate_and_find's `also`): no thread."""
     messages, run_table = AgentMessage._meta.db_table, AgentRun._meta.db_table
+    in_scope = "organization_id = NULLIF(current_setting('app.organization_ids', true), '')::bigint"
     return (
         aio.Statement(
             "agentapi_transcript",
             f'SELECT seq, role, content, created_at FROM "{messages}" '  # noqa: S608
-            "WHERE session_id = %s AND role <> %s AND content <> '' ORDER BY seq",
+            f"WHERE session_id = %s AND role <> %s AND content <> '' AND {in_scope} ORDER BY seq",
         ),
         aio.Statement(
             "agentapi_running",
-            f'SELECT EXISTS (SELECT 1 FROM "{run_table}" WHERE session_id = %s AND status = %s)',  # noqa: S608
+            f'SELECT EXISTS (SELECT 1 FROM "{run_table}" WHERE session_id = %s AND status = %s AND {in_scope})',  # noqa: S608
         ),
     )
 

@@ -45,6 +45,7 @@ from django.conf import settings
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from agentapi.db.operations import CHANGES_CHANNEL
 from agentapi.db.scope import DatabaseScope
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,6 @@ class Changes:
             self._everything = self.number
 
     async def _listen(self) -> None:
-        from agentapi.db.operations import CHANGES_CHANNEL
-
         delay = 0.5
         while True:
             try:
@@ -238,8 +237,6 @@ class Changes:
             delay = min(delay * 2, 5.0)
 
     async def _beat(self) -> None:
-        from agentapi.db.operations import CHANGES_CHANNEL
-
         while True:
             try:
                 await asyncio.wait_for(self._beat_now.wait(), settings.CHANGES_HEARTBEAT_SECONDS)
