@@ -61,6 +61,37 @@ class DataPlaneResponse(HttpResponse):
         return json.loads(self.content)
 
 
+async def committed_changes_heard() -> None:
+    """Wait until the data plane's change listener (agentapi.db.aio.Changes) has heard every change
+    this test committed before the request it is about to send.
+
+    A web process hears a change a moment after it commits, and a call in that moment is answered
+    as one made just before the change (the access cache's documented behaviour; the cache's own
+    tests assert that the refusal comes, within half a second). A test that changes something and
+    calls at once would race that moment, so each in-process data-plane request first sends a
+    marker on the same channel and waits for it: PostgreSQL delivers a listener's notifications in
+    commit order, so once the marker has been heard, so has everything committed before it. The
+    marker names organization 0, which no row has. When nothing is kept, or nothing kept is used,
+    there is nothing to wait for."""
+    import asyncio
+    import time
+
+    from agentapi.db import aio
+    from agentapi.db.operations import CHANGES_CHANNEL
+    from agentapi.db.scope import DatabaseScope
+    from mcp import dataplane as mcp_dataplane
+
+    changes = aio.changes()
+    if not mcp_dataplane._access or not changes.listening:
+        return
+    before = changes._by_organization.get(0)
+    await aio.run(DatabaseScope(), [("SELECT pg_notify(%s, '0')", [CHANGES_CHANNEL])])
+    deadline = time.monotonic() + 5
+    while changes._by_organization.get(0) == before and changes.listening:
+        assert time.monotonic() < deadline, "the data plane's change listener did not hear a notification in 5 s"
+        await asyncio.sleep(0.001)
+
+
 def data_plane_request(method: str, path: str, data, headers: dict) -> DataPlaneResponse:
     """Send a request to a data-plane route as the web process serves it: over ASGI, natively on
     the event loop the MCP pool runs on (agentapi.asgi routes it to agentapi.dataplane.serve)."""
@@ -96,6 +127,7 @@ def data_plane_request(method: str, path: str, data, headers: dict) -> DataPlane
         sent.append(message)
 
     async def serve():
+        await committed_changes_heard()
         app = dataplane.match_app(scope)
         if app is not None:
             return await dataplane.serve_app(*app, scope, receive, send)
