@@ -40,7 +40,7 @@ def serve_json(routes: dict):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)  # shutdown waits a poll
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"

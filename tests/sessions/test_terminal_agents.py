@@ -19,8 +19,10 @@ from django.conf import settings
 
 from audit.models import AuditEvent
 from mcp.models import StdioTemplate
-from sessions_app.models import AgentSession
+from sessions_app import services
+from sessions_app.models import AgentSession, SessionStatus
 from tenants import scoping
+from tenants.models import Organization
 from tests.conftest import committed, error_of
 from tests.mcp.conftest import configure
 from tests.sessions.test_conversations import SESSIONS, finished, open_session, send
@@ -78,7 +80,12 @@ def template(db):
         allowed_arguments=["--chunk-delay"], env={"DOUBLE_API_KEY": "{api_key}"},
     )  # fmt: skip
     yield made
-    # The platform's terminals outlive a test's rows only until their worker notices.
+    # A test's terminals stop once their worker notices their session ended (within a check), not
+    # only when they idle out: end the sessions the test left open, as their users would.
+    for organization in Organization.objects.all():
+        with scoping.organization_scope(organization):
+            for session in AgentSession.objects.filter(status=SessionStatus.ACTIVE):
+                services.session_close(session=session)
     deadline = time.monotonic() + 15
     while _double_processes() and time.monotonic() < deadline:
         time.sleep(0.2)

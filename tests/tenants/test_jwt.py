@@ -49,7 +49,7 @@ class IdentityProvider:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()  # shutdown waits a poll
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
 
     def add_key(self, kid: str):
