@@ -1,6 +1,7 @@
 """Real MCP servers for the MCP tests: the fastmcp server in tests/mcp/server.py over Streamable HTTP
 on loopback (with and without a bearer token) and over stdio, and mcp-server-time from PyPI."""
 
+import atexit
 import json
 import subprocess
 import sys
@@ -19,10 +20,21 @@ PNG_BYTES = b"\x89PNG\r\n\x1a\n-test-image"
 
 
 class RunningServer:
+    """The test server over HTTP on a port of its own.
+
+    Starting one is mostly Python importing fastmcp (over a second of CPU), and several fixtures
+    start one per test. So once a kind (its arguments) has been started twice, the next one of
+    that kind is started in the background as soon as one is taken, while the test runs: the next
+    test finds it ready. Servers on a chosen port are never started ahead."""
+
+    _ahead: dict[tuple, subprocess.Popen] = {}
+    _started: set[tuple] = set()
+
     def __init__(self, *args):
-        self.process = subprocess.Popen(
-            [sys.executable, str(SERVER), "--port", "0", *args], stdout=subprocess.PIPE, text=True
-        )
+        self.process = self._ahead.pop(args, None) or self._start(args)
+        if args in self._started and "--port" not in args:
+            self._ahead[args] = self._start(args)
+        self._started.add(args)
         line = self.process.stdout.readline()
         assert line.startswith("PORT "), line
         self.port = int(line.split()[1])
@@ -46,6 +58,20 @@ class RunningServer:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(10)
+
+    @staticmethod
+    def _start(args: tuple) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(SERVER), "--port", "0", *args], stdout=subprocess.PIPE, text=True)
+
+    @classmethod
+    def stop_those_started_ahead(cls) -> None:
+        for process in cls._ahead.values():
+            process.kill()
+            process.wait(10)
+        cls._ahead.clear()
+
+
+atexit.register(RunningServer.stop_those_started_ahead)
 
 
 @pytest.fixture(scope="session")
