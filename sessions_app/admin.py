@@ -187,6 +187,13 @@ class AgentSessionAdmin(TenantScopedAdmin):
 
 
 class AgentBackendForm(forms.ModelForm):
+    # A URL typed without a scheme is https (Django 6's default; the MCP configuration form's too).
+    base_url = forms.URLField(
+        max_length=2048,
+        required=False,
+        assume_scheme="https",
+        help_text=AgentBackend._meta.get_field("base_url").help_text,
+    )
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
